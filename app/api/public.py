@@ -1,0 +1,99 @@
+"""The public HTTP API: ask, feedback, health."""
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from app.services import Services
+from webhooks.base import InboundEvent
+
+MAX_TEXT_CHARS = 4000
+
+router = APIRouter()
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+class AskRequest(BaseModel):
+    text: str = Field(max_length=MAX_TEXT_CHARS, description="the person's message")
+    session_id: str | None = Field(None, max_length=128, description="keeps one conversation across calls")
+    lang: Literal["vi", "en"] | None = Field(None, description="reply language; detected when absent")
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("text must not be empty")
+        return v
+
+
+class SuggestionOut(BaseModel):
+    intent_id: str
+    question: str
+    regime: str | None
+
+
+class AskResponse(BaseModel):
+    kind: Literal["faq", "clarify", "fallback", "smalltalk", "handover"]
+    intent_id: str | None
+    regime: str | None
+    confidence: float
+    answer: str
+    suggestions: list[SuggestionOut]
+    message_id: str
+
+
+class FeedbackRequest(BaseModel):
+    message_id: str = Field(max_length=64)
+    helpful: bool
+    comment: str | None = Field(None, max_length=2000)
+
+
+@router.post("/api/v1/ask", response_model=AskResponse)
+async def ask(body: AskRequest, services: ServicesDep) -> AskResponse:
+    event = InboundEvent(channel="web", user_id=body.session_id or uuid.uuid4().hex, text=body.text, lang=body.lang)
+    handled = await run_in_threadpool(services.pipeline.handle, event)
+    assert handled is not None  # web events carry no platform id, so they are never duplicates
+    r = handled.reply
+    return AskResponse(
+        kind=r.kind, intent_id=r.intent_id, regime=r.regime, confidence=r.confidence, answer=r.text,
+        suggestions=[SuggestionOut(intent_id=s.intent_id, question=s.question, regime=s.regime) for s in r.suggestions],
+        message_id=handled.reply_id,
+    )
+
+
+@router.post("/api/v1/feedback")
+async def feedback(body: FeedbackRequest, services: ServicesDep) -> dict[str, bool]:
+    ok = await run_in_threadpool(services.pipeline.feedback, body.message_id, body.helpful, body.comment)
+    if not ok:
+        raise HTTPException(status_code=404, detail="no bot reply with this message_id")
+    return {"ok": True}
+
+
+@router.get("/healthz")
+async def healthz(services: ServicesDep) -> dict[str, object]:
+    def probe() -> str:
+        try:
+            with services.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return "ok"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            return f"error: {type(exc).__name__}"
+
+    db = await run_in_threadpool(probe)
+    kb = services.bot.kb
+    return {
+        "status": "ok" if db == "ok" else "degraded",
+        "database": db,
+        "knowledge": {"version": kb.version, "entries": len(kb.faq_entries())},
+    }

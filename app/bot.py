@@ -1,0 +1,123 @@
+"""The bot's brain without I/O: knowledge base + matcher → a Reply for one message."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from intents.matcher import Decision, Matcher, MatcherConfig
+from intents.normalize import detect_language
+from knowledge.loader import KnowledgeBase, load_knowledge
+from knowledge.schema import REGIME_NAMES, Entry, Regime
+
+HOTLINE = "1900 9068"
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    intent_id: str
+    question: str
+    regime: str | None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the bot says, and why: the decision behind it travels with the text."""
+
+    kind: str
+    text: str
+    lang: str
+    confidence: float
+    intent_id: str | None = None
+    regime: str | None = None
+    suggestions: list[Suggestion] = field(default_factory=list)
+    candidates: list[dict[str, object]] = field(default_factory=list)
+    kb_version: str = ""
+
+
+def _topics(lang: str) -> str:
+    names = [REGIME_NAMES[r][0 if lang == "vi" else 1] for r in Regime]
+    return ", ".join(names)
+
+
+def fallback_text(lang: str) -> str:
+    if lang == "en":
+        return (
+            "Sorry, I am not sure I understood. I can answer questions about: "
+            f"{_topics('en')}. Please rephrase your question, or type \"talk to staff\" to reach a "
+            f"VSS officer. Hotline: {HOTLINE}."
+        )
+    return (
+        "Xin lỗi, mình chưa hiểu rõ câu hỏi của bạn. Mình có thể giải đáp về: "
+        f"{_topics('vi')}. Bạn hãy hỏi lại cụ thể hơn, hoặc nhắn \"gặp nhân viên\" để được cán bộ "
+        f"BHXH hỗ trợ. Tổng đài: {HOTLINE}."
+    )
+
+
+def empty_text(lang: str) -> str:
+    if lang == "en":
+        return "Please type your question about social insurance, health insurance or unemployment insurance."
+    return "Bạn hãy gõ câu hỏi về bảo hiểm xã hội, bảo hiểm y tế hoặc bảo hiểm thất nghiệp nhé."
+
+
+def clarify_text(options: list[Entry], lang: str) -> str:
+    lines = [f"{i}. {e.question_en if lang == 'en' else e.question_vi}" for i, e in enumerate(options, 1)]
+    head = "I am not sure which of these you mean:" if lang == "en" else "Mình chưa chắc bạn muốn hỏi điều nào. Có phải bạn muốn hỏi:"
+    tail = "Tap one, or ask again in other words." if lang == "en" else "Bạn chọn một câu, hoặc hỏi lại cụ thể hơn nhé."
+    return "\n".join([head, *lines, tail])
+
+
+class Bot:
+    """Holds the loaded knowledge base and its matcher; `reload` swaps both atomically."""
+
+    def __init__(self, knowledge_dir: Path | None = None, config: MatcherConfig | None = None):
+        self.knowledge_dir = knowledge_dir
+        self.config = config
+        self._lock = threading.Lock()
+        self.kb, self.matcher = self._build()
+
+    def _build(self) -> tuple[KnowledgeBase, Matcher]:
+        kb = load_knowledge(self.knowledge_dir)
+        return kb, Matcher(kb.entries, self.config)
+
+    def reload(self) -> str:
+        kb, matcher = self._build()
+        with self._lock:
+            self.kb, self.matcher = kb, matcher
+        return kb.version
+
+    def reply(self, text: str, lang: str | None = None, today: date | None = None) -> Reply:
+        kb, matcher = self.kb, self.matcher  # one consistent pair even if a reload happens now
+        if not text or not text.strip():
+            lang = lang or "vi"
+            return Reply("fallback", empty_text(lang), lang, 0.0, kb_version=kb.version)
+        decision = matcher.decide(text, lang)
+        return self.compose(decision, kb, today)
+
+    def compose(self, d: Decision, kb: KnowledgeBase, today: date | None = None) -> Reply:
+        lang = d.lang
+        candidates = [
+            {"intent_id": c.entry.id, "regime": c.entry.regime.value if c.entry.regime else None, "score": round(c.score, 4)}
+            for c in d.candidates[:5]
+        ]
+        base = dict(lang=lang, confidence=d.confidence, candidates=candidates, kb_version=kb.version)
+        if d.kind == "faq" and d.entry is not None:
+            regime = d.entry.regime.value if d.entry.regime else None
+            return Reply("faq", kb.answer(d.entry, lang, today), intent_id=d.entry.id, regime=regime, **base)
+        if d.kind == "clarify":
+            suggestions = [
+                Suggestion(e.id, e.question_en if lang == "en" else e.question_vi, e.regime.value if e.regime else None)
+                for e in d.options
+            ]
+            return Reply("clarify", clarify_text(d.options, lang), suggestions=suggestions, **base)
+        if d.entry is not None:  # smalltalk, handover, or a recognised out-of-scope topic
+            return Reply(d.kind, kb.answer(d.entry, lang, today), intent_id=d.entry.id, **base)
+        return Reply("fallback", fallback_text(lang), **base)
+
+
+def timed_reply(bot: Bot, text: str, lang: str | None = None) -> tuple[Reply, float]:
+    start = time.perf_counter()
+    reply = bot.reply(text, lang)
+    return reply, (time.perf_counter() - start) * 1000

@@ -1,0 +1,211 @@
+"""`vssbot`: serve the bot, talk to it in the terminal, evaluate it, check the knowledge base."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, TextIO
+
+from app.logging import setup_logging
+from app.settings import Settings, get_settings
+
+
+def _reply_dict(handled: Any) -> dict[str, Any]:
+    r = handled.reply
+    return {
+        "kind": r.kind, "intent_id": r.intent_id, "regime": r.regime, "confidence": r.confidence,
+        "answer": r.text,
+        "suggestions": [{"intent_id": s.intent_id, "question": s.question, "regime": s.regime} for s in r.suggestions],
+        "message_id": handled.reply_id,
+    }
+
+
+def _services(settings: Settings):  # type: ignore[no-untyped-def]
+    from app.services import build_services
+
+    return build_services(settings)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    host, port = args.host or settings.host, args.port or settings.port
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    return 0
+
+
+def _ask_one(services: Any, text: str, lang: str | None, session: str) -> dict[str, Any]:
+    from webhooks.base import InboundEvent
+
+    handled = services.pipeline.handle(InboundEvent(channel="cli", user_id=session, text=text, lang=lang))
+    return _reply_dict(handled)
+
+
+def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
+    if args.jsonl is None and not args.text:
+        print("vssbot ask: give a question, or --jsonl FILE|-", file=sys.stderr)
+        return 2
+    services = _services(settings)
+    session = uuid.uuid4().hex
+    if args.jsonl is not None:
+        stream: TextIO = sys.stdin if args.jsonl == "-" else open(args.jsonl, encoding="utf-8", errors="replace")
+        with stream:
+            for line in stream:
+                if not line.strip():
+                    continue
+                out = _ask_jsonl_line(services, line, session)
+                sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+        return 0
+    reply = _ask_one(services, " ".join(args.text), args.lang, session)
+    if args.json:
+        print(json.dumps(reply, ensure_ascii=False, indent=2))
+    else:
+        print(reply["answer"])
+        print(f"\n[{reply['kind']} {reply['intent_id'] or ''} confidence={reply['confidence']}]", file=sys.stderr)
+    return 0
+
+
+def _ask_jsonl_line(services: Any, line: str, session: str) -> dict[str, Any]:
+    """One request line → one reply object; a bad line gets an error object, never a crash."""
+    from app.bot import fallback_text
+
+    try:
+        req = json.loads(line)
+        if not isinstance(req, dict) or not isinstance(req.get("text"), str):
+            raise ValueError('each line must be a JSON object with a "text" string')
+        lang = req.get("lang") if req.get("lang") in ("vi", "en") else None
+        return _ask_one(services, req["text"], lang, str(req.get("session_id") or session))
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        return {
+            "kind": "fallback", "intent_id": None, "regime": None, "confidence": 0.0,
+            "answer": fallback_text("vi"), "suggestions": [], "message_id": None, "error": str(exc),
+        }
+
+
+def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
+    services = _services(settings)
+    session = uuid.uuid4().hex
+    print("vssbot — hỏi về BHXH, BHYT, BHTN. Gõ số để chọn gợi ý, '+' / '-' để đánh giá câu trả lời, 'q' để thoát.")
+    last: dict[str, Any] | None = None
+    while True:
+        try:
+            text = input("\nBạn: ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        text = text.strip()
+        if text.lower() in ("q", "quit", "exit", "thoát"):
+            return 0
+        if last and text in ("+", "-") and last.get("message_id"):
+            services.pipeline.feedback(last["message_id"], text == "+")
+            print("Cảm ơn bạn đã đánh giá!")
+            continue
+        if last and text.isdigit() and last.get("suggestions") and 1 <= int(text) <= len(last["suggestions"]):
+            text = last["suggestions"][int(text) - 1]["question"]
+        try:
+            last = _ask_one(services, text, args.lang, session)
+        except Exception as exc:  # noqa: BLE001 - one bad message must not end the chat
+            print(f"(lỗi: {type(exc).__name__}; bạn thử lại nhé)")
+            continue
+        print(f"\nvssbot: {last['answer']}")
+        print(f"  [{last['kind']} {last['intent_id'] or ''} {last['confidence']}]")
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from app.bot import Bot
+    from app.evaluation import evaluate, load_cases
+
+    bot = Bot(settings.knowledge_dir)
+    cases = load_cases([Path(p) for p in args.files])
+    replies = []
+    for case in cases:
+        r = bot.reply(case["text"], case.get("lang"))
+        replies.append({
+            "kind": r.kind, "intent_id": r.intent_id, "regime": r.regime, "confidence": r.confidence,
+            "answer": r.text, "suggestions": [{"regime": s.regime, "intent_id": s.intent_id} for s in r.suggestions],
+        })
+    report = evaluate(cases, replies)
+    print(report.render(show_misses=not args.quiet))
+    ok = report.share() >= args.min_score and report.share("wrong") <= args.max_wrong
+    return 0 if ok else 1
+
+
+def cmd_kb_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from knowledge.loader import KnowledgeError, load_knowledge
+
+    folder = Path(args.dir) if args.dir else settings.knowledge_dir
+    try:
+        kb = load_knowledge(folder)
+    except KnowledgeError as exc:
+        for p in exc.problems:
+            print(p)
+        print(f"{len(exc.problems)} problem(s) in {folder}", file=sys.stderr)
+        return 1
+    by_regime: dict[str, int] = {}
+    for e in kb.faq_entries():
+        by_regime[e.regime.value if e.regime else "-"] = by_regime.get(e.regime.value if e.regime else "-", 0) + 1
+    print(f"ok: {len(kb.entries)} entries ({len(kb.faq_entries())} faq), {len(kb.parameters)} parameters, version {kb.version}")
+    print("  " + ", ".join(f"{k}={v}" for k, v in sorted(by_regime.items())))
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from app.db.session import upgrade
+
+    upgrade(settings.database_url)
+    print("database is at the latest schema")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vssbot", description="VSS help-desk chatbot (settings: VSSBOT_* environment variables)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="serve the API, the chat page and (later) the webhooks")
+    s.add_argument("--host", help="default VSSBOT_HOST or 127.0.0.1")
+    s.add_argument("--port", type=int, help="default VSSBOT_PORT or 8000")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("chat", help="talk to the bot in the terminal")
+    s.add_argument("--lang", choices=["vi", "en"], help="reply language (default: detected)")
+    s.set_defaults(func=cmd_chat)
+
+    s = sub.add_parser("ask", help="ask one question, or many as JSON lines")
+    s.add_argument("text", nargs="*", help="the question")
+    s.add_argument("--json", action="store_true", help="print the whole reply object")
+    s.add_argument("--jsonl", metavar="FILE", help='JSON lines {"text": ...} from FILE (or - for stdin), one reply object a line out')
+    s.add_argument("--lang", choices=["vi", "en"], help="reply language (default: detected)")
+    s.set_defaults(func=cmd_ask)
+
+    s = sub.add_parser("eval", help="accuracy on labelled JSON-lines files or folders, by style and regime")
+    s.add_argument("files", nargs="+", help="labelled .jsonl files or folders of them")
+    s.add_argument("--quiet", action="store_true", help="summary only, no list of misses")
+    s.add_argument("--min-score", type=float, default=0.0, help="exit 1 below this share of right replies")
+    s.add_argument("--max-wrong", type=float, default=1.0, help="exit 1 above this share of wrong replies")
+    s.set_defaults(func=cmd_eval)
+
+    kb = sub.add_parser("kb", help="knowledge-base tools").add_subparsers(dest="kb_command", required=True, metavar="KB_COMMAND")
+    s = kb.add_parser("validate", help="check every file; print each problem as file:line: message")
+    s.add_argument("--dir", help="knowledge folder (default VSSBOT_KNOWLEDGE_DIR or the bundled one)")
+    s.set_defaults(func=cmd_kb_validate)
+
+    db = sub.add_parser("db", help="database tools").add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    s = db.add_parser("upgrade", help="migrate the database to the latest schema")
+    s.set_defaults(func=cmd_db_upgrade)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    setup_logging("WARNING" if args.command in ("ask", "eval", "kb", "chat") else settings.log_level, settings.log_json)
+    return int(args.func(args, settings) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The search index, built once from the knowledge base: every phrasing is a row pointing to its entry.
+
+Two lexical signals in the diacritic-free fold space (matching.md §4, §6):
+- BM25 over syllable unigrams and bigrams, normalised by the query's total idf, so that a score
+  near 1 means "every distinctive word of the message is in this phrasing" and words the index
+  has never seen pull the score down (what keeps out-of-domain messages out);
+- TF-IDF cosine over character trigrams, which absorbs typos and missing spaces ("1lan").
+Postings are numpy arrays, so a query costs a few array additions per term.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from intents.normalize import Normalized, normalize
+from knowledge.schema import Entry
+
+K1 = 1.2
+B = 0.75
+
+
+def word_terms(norm: Normalized) -> list[str]:
+    toks = norm.fold
+    return list(toks) + [f"{a}_{b}" for a, b in zip(toks, toks[1:])]
+
+
+def char_terms(norm: Normalized) -> list[str]:
+    grams: list[str] = []
+    for tok in norm.fold:
+        padded = f" {tok} "
+        grams.extend(padded[i : i + 3] for i in range(len(padded) - 2))
+    return grams
+
+
+@dataclass(frozen=True)
+class Row:
+    entry: int  # index into Index.entries
+    lang: str  # "vi" or "en": which list the phrasing came from
+    key: str  # fold key, for the fuzzy features
+    terms: frozenset[str]  # word terms, for how much of the phrasing a message covers
+
+
+class _Postings:
+    """term → (row ids, weights), plus each term's idf."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, np.ndarray] = {}
+        self.weights: dict[str, np.ndarray] = {}
+        self.idf: dict[str, float] = {}
+        self.max_idf = 1.0
+
+    def freeze(self, acc: dict[str, tuple[list[int], list[float]]], idf: dict[str, float]) -> None:
+        self.rows = {t: np.asarray(r, dtype=np.int32) for t, (r, _) in acc.items()}
+        self.weights = {t: np.asarray(w, dtype=np.float32) for t, (_, w) in acc.items()}
+        self.idf = idf
+        self.max_idf = max(idf.values(), default=1.0)
+
+
+class Index:
+    """Rows of phrasings over the given entries, searchable by a normalised message."""
+
+    def __init__(self, entries: list[Entry]):
+        self.entries = entries
+        self.rows: list[Row] = []
+        word_docs: list[list[str]] = []
+        char_docs: list[Counter[str]] = []
+        for i, entry in enumerate(entries):
+            phrasings = [(q, "vi") for q in entry.questions_vi + entry.keywords]
+            phrasings += [(q, "en") for q in entry.questions_en]
+            seen: set[str] = set()
+            for text, lang in phrasings:
+                norm = normalize(text)
+                if not norm.fold or norm.fold_key in seen:
+                    continue
+                seen.add(norm.fold_key)
+                terms = word_terms(norm)
+                self.rows.append(Row(i, lang, norm.fold_key, frozenset(terms)))
+                word_docs.append(terms)
+                char_docs.append(Counter(char_terms(norm)))
+        self.size = len(self.rows)
+        self.row_entry = np.asarray([r.entry for r in self.rows], dtype=np.int32)
+        self.words = self._build_bm25(word_docs)
+        self.chars = self._build_tfidf(char_docs)
+
+    def _build_bm25(self, docs: list[list[str]]) -> _Postings:
+        n = max(1, len(docs))
+        avgdl = sum(len(d) for d in docs) / n or 1.0
+        df: Counter[str] = Counter()
+        for d in docs:
+            df.update(set(d))
+        idf = {t: math.log(1 + (n - c + 0.5) / (c + 0.5)) for t, c in df.items()}
+        acc: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+        for row, d in enumerate(docs):
+            norm_len = K1 * (1 - B + B * len(d) / avgdl)
+            for t, tf in Counter(d).items():
+                # tf saturation divided by its ceiling (k1+1): a weight never exceeds the idf
+                w = idf[t] * (tf * (K1 + 1) / (tf + norm_len)) / (K1 + 1)
+                acc[t][0].append(row)
+                acc[t][1].append(w)
+        p = _Postings()
+        p.freeze(acc, idf)
+        return p
+
+    def _build_tfidf(self, docs: list[Counter[str]]) -> _Postings:
+        n = max(1, len(docs))
+        df: Counter[str] = Counter()
+        for d in docs:
+            df.update(d.keys())
+        idf = {t: math.log((1 + n) / (1 + c)) + 1 for t, c in df.items()}
+        acc: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+        for row, d in enumerate(docs):
+            vec = {t: (1 + math.log(tf)) * idf[t] for t, tf in d.items()}
+            length = math.sqrt(sum(v * v for v in vec.values())) or 1.0
+            for t, v in vec.items():
+                acc[t][0].append(row)
+                acc[t][1].append(v / length)
+        p = _Postings()
+        p.freeze(acc, idf)
+        return p
+
+    def bm25(self, norm: Normalized) -> tuple[np.ndarray, float]:
+        """Per-row BM25 ÷ the query's total idf (unknown words at the highest idf), and the
+        share of the query's idf mass that the index knows at all (its coverage)."""
+        scores = np.zeros(self.size, dtype=np.float32)
+        terms = set(word_terms(norm))
+        total = known = 0.0
+        for t in terms:
+            idf = self.words.idf.get(t)
+            if idf is None:
+                # an unknown bigram of two known words says little; an unknown word says a lot
+                total += self.words.max_idf * (0.5 if "_" in t else 1.0)
+                continue
+            total += idf
+            known += idf
+            scores[self.words.rows[t]] += self.words.weights[t]
+        if total <= 0:
+            return scores, 0.0
+        return scores / total, known / total
+
+    def row_coverage(self, row: int, query_terms: set[str]) -> float:
+        """Share of a phrasing's idf mass that the message contains: low when a short message
+        ("thất nghiệp") touches a long, specific phrasing only at its topic word."""
+        terms = self.rows[row].terms
+        total = sum(self.words.idf[t] for t in terms)
+        return sum(self.words.idf[t] for t in terms & query_terms) / total if total else 0.0
+
+    def char_cosine(self, norm: Normalized) -> np.ndarray:
+        scores = np.zeros(self.size, dtype=np.float32)
+        counts = Counter(char_terms(norm))
+        vec = {t: (1 + math.log(tf)) * self.chars.idf.get(t, self.chars.max_idf) for t, tf in counts.items()}
+        length = math.sqrt(sum(v * v for v in vec.values())) or 1.0
+        for t, v in vec.items():
+            rows = self.chars.rows.get(t)
+            if rows is not None:
+                scores[rows] += self.chars.weights[t] * (v / length)
+        return scores

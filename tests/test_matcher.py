@@ -1,0 +1,103 @@
+"""The matcher's decisions on a small hand-made knowledge base: answer, clarify, fall back, chat."""
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from intents.matcher import Matcher
+from knowledge.schema import Entry, Regime
+
+
+def faq(id_: str, regime: Regime, vi: list[str], en: list[str]) -> Entry:
+    return Entry(id=id_, regime=regime, questions_vi=vi, questions_en=en, answer_vi=f"trả lời {id_}",
+                 answer_en=f"answer {id_}", legal_basis="Điều 1", checked=date(2026, 11, 24))
+
+
+def conv(id_: str, kind: str, vi: list[str], en: list[str]) -> Entry:
+    return Entry(id=id_, kind=kind, questions_vi=vi, questions_en=en, answer_vi=id_, answer_en=id_)  # type: ignore[arg-type]
+
+
+ENTRIES = [
+    faq("mat.leave", Regime.maternity,
+        ["Nghỉ thai sản được bao lâu?", "nghi sinh con duoc may thang", "nghỉ đẻ mấy tháng", "thời gian nghỉ thai sản"],
+        ["How long is maternity leave?"]),
+    faq("mat.father", Regime.maternity,
+        ["Chồng được nghỉ mấy ngày khi vợ sinh con?", "chong nghi khi vo sinh", "lao động nam nghỉ thai sản"],
+        ["How many days of paternity leave?"]),
+    faq("ui.amount", Regime.unemployment,
+        ["Trợ cấp thất nghiệp được bao nhiêu tiền?", "muc huong tro cap that nghiep", "tiền thất nghiệp mỗi tháng"],
+        ["How much is the unemployment benefit?"]),
+    faq("ui.where", Regime.unemployment,
+        ["Nộp hồ sơ thất nghiệp ở đâu?", "lam ho so that nghiep o dau", "trung tâm dịch vụ việc làm"],
+        ["Where do I file for unemployment benefit?"]),
+    faq("old.withdraw", Regime.old_age,
+        ["Điều kiện rút BHXH một lần là gì?", "rut bhxh mot lan", "nhận bảo hiểm xã hội một lần"],
+        ["Can I withdraw my social insurance in one lump sum?"]),
+    conv("smalltalk.greeting", "smalltalk", ["xin chào", "chào ad", "alo", "hello"], ["hi", "hello there"]),
+    conv("smalltalk.thanks", "smalltalk", ["cảm ơn", "cám ơn bạn", "tks"], ["thank you", "thanks"]),
+    conv("handover.human", "handover", ["gặp nhân viên", "cho tôi nói chuyện với tư vấn viên", "có người thật không"],
+         ["talk to a person", "speak to an agent"]),
+    conv("oos.gold", "out_of_scope", ["giá vàng hôm nay", "giá xăng", "thời tiết ngày mai"], ["gold price today"]),
+]
+
+
+@pytest.fixture(scope="module")
+def matcher() -> Matcher:
+    return Matcher(ENTRIES)
+
+
+@pytest.mark.parametrize(
+    ("text", "entry_id"),
+    [
+        ("nghỉ thai sản được mấy tháng vậy ad", "mat.leave"),
+        ("nghi thai san bao lau", "mat.leave"),
+        ("ck đc nghỉ mấy ngày khi vk sinh", "mat.father"),
+        ("tro cap that nghiep dc bn tien", "ui.amount"),
+        ("làm hồ sơ thất nghiệp ở đâu ạ", "ui.where"),
+        ("rút bhxh 1 lần", "old.withdraw"),
+        ("How long is maternity leave in Vietnam?", "mat.leave"),
+    ],
+)
+def test_clear_questions_are_answered(matcher: Matcher, text: str, entry_id: str) -> None:
+    d = matcher.decide(text)
+    assert d.kind == "faq", (d.kind, d.candidates[:3])
+    assert d.entry is not None and d.entry.id == entry_id
+    assert 0.6 <= d.confidence <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [("chào ad", "smalltalk"), ("alo alo", "smalltalk"), ("cảm ơn ad nhiều", "smalltalk"), ("hi", "smalltalk"),
+     ("cho em gặp nhân viên", "handover"), ("Can I talk to a person?", "handover")],
+)
+def test_conversational_intents(matcher: Matcher, text: str, kind: str) -> None:
+    assert matcher.decide(text).kind == kind
+
+
+@pytest.mark.parametrize(
+    "text", ["giá vàng hôm nay bao nhiêu", "xyz abc 123", "bóng đá tối qua ai thắng", "...", "😀", "mua iphone ở đâu"]
+)
+def test_out_of_scope_and_noise_fall_back(matcher: Matcher, text: str) -> None:
+    d = matcher.decide(text)
+    assert d.kind == "fallback", (d.kind, d.candidates[:3])
+
+
+def test_an_ambiguous_question_offers_options_instead_of_guessing(matcher: Matcher) -> None:
+    d = matcher.decide("thất nghiệp")
+    assert d.kind == "clarify"
+    assert {e.id for e in d.options} == {"ui.amount", "ui.where"}
+    assert 1 < len(d.options) <= 3
+
+
+def test_language_follows_the_message_unless_asked(matcher: Matcher) -> None:
+    assert matcher.decide("How much is the unemployment benefit?").lang == "en"
+    assert matcher.decide("tro cap that nghiep bao nhieu").lang == "vi"
+    assert matcher.decide("tro cap that nghiep bao nhieu", lang="en").lang == "en"
+
+
+def test_candidates_are_ranked_and_confidence_is_bounded(matcher: Matcher) -> None:
+    d = matcher.decide("trợ cấp thất nghiệp bao nhiêu")
+    scores = [c.score for c in d.candidates]
+    assert scores == sorted(scores, reverse=True)
+    assert 0.0 <= d.confidence <= 1.0

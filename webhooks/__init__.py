@@ -1,0 +1,1 @@
+"""Channel adapters: one module per platform (verify, parse into InboundEvent, send)."""
