@@ -8,7 +8,7 @@ from datetime import date
 from pathlib import Path
 
 from intents.matcher import Decision, Matcher, MatcherConfig
-from intents.normalize import detect_language
+from intents.normalize import question_key
 from knowledge.loader import KnowledgeBase, load_knowledge
 from knowledge.schema import REGIME_NAMES, Entry, Regime
 
@@ -79,7 +79,7 @@ class Bot:
         self.kb, self.matcher = self._build()
 
     def _build(self) -> tuple[KnowledgeBase, Matcher]:
-        kb = load_knowledge(self.knowledge_dir)
+        kb = load_knowledge(self.knowledge_dir, question_key=question_key)
         return kb, Matcher(kb.entries, self.config)
 
     def reload(self) -> str:

@@ -136,11 +136,12 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_kb_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from intents.normalize import question_key
     from knowledge.loader import KnowledgeError, load_knowledge
 
     folder = Path(args.dir) if args.dir else settings.knowledge_dir
     try:
-        kb = load_knowledge(folder)
+        kb = load_knowledge(folder, question_key=question_key)
     except KnowledgeError as exc:
         for p in exc.problems:
             print(p)
@@ -152,6 +153,20 @@ def cmd_kb_validate(args: argparse.Namespace, settings: Settings) -> int:
     print(f"ok: {len(kb.entries)} entries ({len(kb.faq_entries())} faq), {len(kb.parameters)} parameters, version {kb.version}")
     print("  " + ", ".join(f"{k}={v}" for k, v in sorted(by_regime.items())))
     return 0
+
+
+def cmd_kb_lint(args: argparse.Namespace, settings: Settings) -> int:
+    from app.bot import Bot
+    from app.lint import lint, summary
+
+    bot = Bot(Path(args.dir) if args.dir else settings.knowledge_dir)
+    print("checking every phrasing against the others (leave-one-out)...", file=sys.stderr)
+    findings, held = lint(bot.kb, bot.matcher)
+    for f in findings:
+        print(f)
+    print(summary(held))
+    print(f"{len(findings)} finding(s)" if findings else "clean")
+    return 1 if findings else 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -194,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dir", help="knowledge folder (default VSSBOT_KNOWLEDGE_DIR or the bundled one)")
     s.set_defaults(func=cmd_kb_validate)
 
+    s = kb.add_parser("lint", help="validation plus colliding phrasings, typed amounts, stale entries, missing English")
+    s.add_argument("--dir", help="knowledge folder (default VSSBOT_KNOWLEDGE_DIR or the bundled one)")
+    s.set_defaults(func=cmd_kb_lint)
+
     db = sub.add_parser("db", help="database tools").add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     s = db.add_parser("upgrade", help="migrate the database to the latest schema")
     s.set_defaults(func=cmd_db_upgrade)
@@ -204,7 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
     setup_logging("WARNING" if args.command in ("ask", "eval", "kb", "chat") else settings.log_level, settings.log_json)
-    return int(args.func(args, settings) or 0)
+    from knowledge.loader import KnowledgeError
+
+    try:
+        return int(args.func(args, settings) or 0)
+    except KnowledgeError as exc:
+        print(f"vssbot: the knowledge base in {settings.knowledge_dir} has problems:", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

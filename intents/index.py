@@ -27,6 +27,11 @@ def word_terms(norm: Normalized) -> list[str]:
     return list(toks) + [f"{a}_{b}" for a, b in zip(toks, toks[1:])]
 
 
+def toned_terms(norm: Normalized) -> list[str]:
+    toks = norm.toned
+    return list(toks) + [f"{a}_{b}" for a, b in zip(toks, toks[1:])]
+
+
 def char_terms(norm: Normalized) -> list[str]:
     grams: list[str] = []
     for tok in norm.fold:
@@ -40,6 +45,7 @@ class Row:
     entry: int  # index into Index.entries
     lang: str  # "vi" or "en": which list the phrasing came from
     key: str  # fold key, for the fuzzy features
+    text: str  # the phrasing as written
     terms: frozenset[str]  # word terms, for how much of the phrasing a message covers
 
 
@@ -66,24 +72,37 @@ class Index:
         self.entries = entries
         self.rows: list[Row] = []
         word_docs: list[list[str]] = []
+        toned_docs: list[list[str]] = []
         char_docs: list[Counter[str]] = []
+        entry_docs: list[list[str]] = []
         for i, entry in enumerate(entries):
-            phrasings = [(q, "vi") for q in entry.questions_vi + entry.keywords]
+            # Keywords are vocabulary, not questions: they join the entry's whole document, never
+            # a row of their own, so a bare topic word ("lương hưu") cannot match one entry exactly.
+            entry_docs.append([t for k in entry.keywords for t in word_terms(normalize(k))])
+            phrasings = [(q, "vi") for q in entry.questions_vi]
             phrasings += [(q, "en") for q in entry.questions_en]
             seen: set[str] = set()
             for text, lang in phrasings:
-                norm = normalize(text)
+                norm = normalize(text, lang=lang)
                 if not norm.fold or norm.fold_key in seen:
                     continue
                 seen.add(norm.fold_key)
                 terms = word_terms(norm)
-                self.rows.append(Row(i, lang, norm.fold_key, frozenset(terms)))
+                self.rows.append(Row(i, lang, norm.fold_key, text, frozenset(terms)))
                 word_docs.append(terms)
+                toned_docs.append(toned_terms(norm))
+                entry_docs[i].extend(terms)
                 char_docs.append(Counter(char_terms(norm)))
         self.size = len(self.rows)
         self.row_entry = np.asarray([r.entry for r in self.rows], dtype=np.int32)
         self.words = self._build_bm25(word_docs)
+        # The same in the toned space: for accented messages it tells homographs of the fold
+        # apart (hàn/hạn, sổ/số, thẻ/thế), as matching.md §3 suggests.
+        self.toned = self._build_bm25(toned_docs)
         self.chars = self._build_tfidf(char_docs)
+        # One document an entry (all phrasings and keywords): a message whose words are spread
+        # over several phrasings of the same entry still finds it.
+        self.entry_words = self._build_bm25([sorted(set(d)) for d in entry_docs])
 
     def _build_bm25(self, docs: list[list[str]]) -> _Postings:
         n = max(1, len(docs))
@@ -124,21 +143,14 @@ class Index:
     def bm25(self, norm: Normalized) -> tuple[np.ndarray, float]:
         """Per-row BM25 ÷ the query's total idf (unknown words at the highest idf), and the
         share of the query's idf mass that the index knows at all (its coverage)."""
-        scores = np.zeros(self.size, dtype=np.float32)
-        terms = set(word_terms(norm))
-        total = known = 0.0
-        for t in terms:
-            idf = self.words.idf.get(t)
-            if idf is None:
-                # an unknown bigram of two known words says little; an unknown word says a lot
-                total += self.words.max_idf * (0.5 if "_" in t else 1.0)
-                continue
-            total += idf
-            known += idf
-            scores[self.words.rows[t]] += self.words.weights[t]
-        if total <= 0:
-            return scores, 0.0
-        return scores / total, known / total
+        return _bm25(self.words, self.size, set(word_terms(norm)))
+
+    def toned_bm25(self, norm: Normalized) -> np.ndarray:
+        return _bm25(self.toned, self.size, set(toned_terms(norm)))[0]
+
+    def entry_bm25(self, norm: Normalized) -> np.ndarray:
+        """Per-entry BM25 over each entry's whole vocabulary, ÷ the query's total idf."""
+        return _bm25(self.entry_words, len(self.entries), set(word_terms(norm)))[0]
 
     def row_coverage(self, row: int, query_terms: set[str]) -> float:
         """Share of a phrasing's idf mass that the message contains: low when a short message
@@ -157,3 +169,20 @@ class Index:
             if rows is not None:
                 scores[rows] += self.chars.weights[t] * (v / length)
         return scores
+
+
+def _bm25(p: _Postings, size: int, terms: set[str]) -> tuple[np.ndarray, float]:
+    scores = np.zeros(size, dtype=np.float32)
+    total = known = 0.0
+    for t in terms:
+        idf = p.idf.get(t)
+        if idf is None:
+            # an unknown bigram of two known words says little; an unknown word says a lot
+            total += p.max_idf * (0.5 if "_" in t else 1.0)
+            continue
+        total += idf
+        known += idf
+        scores[p.rows[t]] += p.weights[t]
+    if total <= 0:
+        return scores, 0.0
+    return scores / total, known / total

@@ -14,7 +14,7 @@ import numpy as np
 from rapidfuzz import fuzz
 
 from intents.index import Index, word_terms
-from intents.normalize import Normalized, detect_language, normalize
+from intents.normalize import ENGLISH_STOPWORDS, Normalized, detect_language, normalize
 from knowledge.schema import Entry
 
 DecisionKind = str  # "faq" | "clarify" | "fallback" | "smalltalk" | "handover"
@@ -24,20 +24,25 @@ DecisionKind = str  # "faq" | "clarify" | "fallback" | "smalltalk" | "handover"
 class MatcherConfig:
     """Weights and thresholds, tuned on the project's labelled evaluation set (tests/eval)."""
 
-    w_bm25: float = 0.35
+    w_bm25: float = 0.2
     w_char: float = 0.2
-    w_row_cover: float = 0.2
+    w_row_cover: float = 0.1
     w_token_set: float = 0.1
-    w_ratio: float = 0.15
-    # confidence = sigmoid(a · (score - centre) + b · margin)
+    w_ratio: float = 0.05
+    w_entry: float = 0.3
+    toned_share: float = 0.5  # of the BM25 signal, for messages typed with diacritics
+    # confidence = sigmoid(a · (score - centre) + b · margin + c · evidence margin): the margin
+    # is over the next entry's score; the evidence margin is how many more of the message's
+    # words only the best entry knows (none, for a bare topic word two entries share)
     conf_slope: float = 12.0
-    conf_centre: float = 0.56
+    conf_centre: float = 0.45
     conf_margin: float = 8.0
+    conf_evidence: float = 16.0
     answer_confidence: float = 0.6  # answer outright at or above this
-    clarify_score: float = 0.38  # below this best score: not sure at all → fallback
+    clarify_score: float = 0.25  # below this best score: not sure at all → fallback
     clarify_window: float = 0.08  # options offered: within this of the best score
-    conversation_score: float = 0.5  # greeting / handover / out-of-scope recognised at or above
-    min_coverage: float = 0.45  # share of the message's idf mass the index knows
+    conversation_score: float = 0.3  # greeting / handover / out-of-scope recognised at or above
+    min_coverage: float = 0.3  # share of the message's idf mass the index knows
     candidate_rows: int = 60
     max_options: int = 3
 
@@ -46,6 +51,7 @@ class MatcherConfig:
 class Candidate:
     entry: Entry
     score: float
+    evidence: float = 0.0  # share of the message's idf mass found in the entry's vocabulary
 
 
 @dataclass(frozen=True)
@@ -69,20 +75,31 @@ class Matcher:
     def __init__(self, entries: list[Entry], config: MatcherConfig | None = None):
         self.config = config or MatcherConfig()
         self.index = Index(entries)
-        self._rows_by_entry: dict[int, list[str]] = {}
         self._row_ids_by_entry: dict[int, list[int]] = {}
+        vocab: dict[str, set[str]] = {"vi": set(), "en": set()}
         for i, row in enumerate(self.index.rows):
-            self._rows_by_entry.setdefault(row.entry, []).append(row.key)
             self._row_ids_by_entry.setdefault(row.entry, []).append(i)
+            vocab[row.lang].update(row.key.split())
+        # Words only the English phrasings use, and words only the Vietnamese ones use: what
+        # tells an unaccented Vietnamese message ("can giay to gi") from an English one.
+        vocab["en"] |= ENGLISH_STOPWORDS  # dropped from the English rows, but English all the same
+        self._en_only = frozenset(vocab["en"] - vocab["vi"])
+        self._vi_only = frozenset(vocab["vi"] - vocab["en"])
 
-    def rank(self, norm: Normalized, limit: int = 8) -> tuple[list[Candidate], float]:
-        """The best entries for a normalised message, with fused scores, and the coverage."""
+    def rank(self, norm: Normalized, limit: int = 8, exclude: frozenset[int] = frozenset()) -> tuple[list[Candidate], float]:
+        """The best entries for a normalised message, with fused scores, and the coverage.
+        `exclude` hides index rows (the leave-one-out self-test holds a phrasing out)."""
         cfg = self.config
         if not norm.fold or self.index.size == 0:
             return [], 0.0
         bm25, coverage = self.index.bm25(norm)
+        if norm.toned != norm.fold:  # the message has diacritics: let the toned space have a say
+            bm25 = (1 - cfg.toned_share) * bm25 + cfg.toned_share * self.index.toned_bm25(norm)
         char = self.index.char_cosine(norm)
-        lexical = cfg.w_bm25 * bm25 + cfg.w_char * char
+        entry_bm25 = self.index.entry_bm25(norm)
+        lexical = cfg.w_bm25 * bm25 + cfg.w_char * char + cfg.w_entry * entry_bm25[self.index.row_entry]
+        if exclude:
+            lexical[list(exclude)] = -1.0
         top = np.argpartition(-lexical, min(cfg.candidate_rows, self.index.size - 1))[: cfg.candidate_rows]
         best_row: dict[int, int] = {}
         for r in top:
@@ -94,23 +111,45 @@ class Matcher:
         scored: list[Candidate] = []
         for e, r in best_row.items():
             fuzzy = max(
-                cfg.w_token_set * fuzz.token_set_ratio(query, key) / 100 + cfg.w_ratio * fuzz.ratio(query, key) / 100
-                for key in self._rows_by_entry[e]
+                cfg.w_token_set * fuzz.token_set_ratio(query, self.index.rows[row].key) / 100
+                + cfg.w_ratio * fuzz.ratio(query, self.index.rows[row].key) / 100
+                for row in self._row_ids_by_entry[e]
+                if row not in exclude
             )
-            cover = max(self.index.row_coverage(row, query_terms) for row in self._row_ids_by_entry[e])
-            scored.append(Candidate(self.index.entries[e], float(lexical[r]) + fuzzy + cfg.w_row_cover * cover))
+            cover = max(self.index.row_coverage(row, query_terms) for row in self._row_ids_by_entry[e] if row not in exclude)
+            score = float(lexical[r]) + fuzzy + cfg.w_row_cover * cover
+            scored.append(Candidate(self.index.entries[e], score, float(entry_bm25[e])))
         scored.sort(key=lambda c: c.score, reverse=True)
         return scored[:limit], coverage
 
-    def confidence(self, score: float, margin: float) -> float:
+    def rows_of(self, entry: int) -> list[int]:
+        return self._row_ids_by_entry.get(entry, [])
+
+    def language(self, text: str) -> str:
+        """"vi" or "en": diacritics settle it; otherwise which phrasings' words the message uses."""
+        guess = detect_language(text)
+        if guess == "vi" and any(ord(c) > 0x7F for c in text):
+            return "vi"
+        words = normalize(text, drop_fillers=False, lang="en").fold  # as typed, unexpanded
+        en = sum(w in self._en_only for w in words)
+        vi = sum(w in self._vi_only for w in words)
+        if en == vi:
+            return guess
+        return "en" if en > vi else "vi"
+
+    def confidence(self, score: float, margin: float, evidence_margin: float = 0.0) -> float:
         cfg = self.config
-        return _sigmoid(cfg.conf_slope * (score - cfg.conf_centre) + cfg.conf_margin * margin)
+        return _sigmoid(cfg.conf_slope * (score - cfg.conf_centre) + cfg.conf_margin * margin + cfg.conf_evidence * evidence_margin)
 
     def decide(self, text: str, lang: str | None = None) -> Decision:
         cfg = self.config
-        norm = normalize(text)
-        lang = lang or detect_language(text)
-        candidates, coverage = self.rank(norm)
+        detected = self.language(text)
+        candidates, coverage = self.rank(normalize(text, lang=detected))
+        return self.decide_ranked(candidates, coverage, lang or detected)
+
+    def decide_ranked(self, candidates: list[Candidate], coverage: float, lang: str) -> Decision:
+        """The decision from ranked candidates (separate from ranking, so thresholds can be tuned)."""
+        cfg = self.config
         if not candidates:
             return Decision("fallback", lang, 0.0, candidates=[], coverage=coverage)
         best = candidates[0]
@@ -127,8 +166,8 @@ class Matcher:
         if not faqs or coverage < cfg.min_coverage:
             return Decision("fallback", lang, 0.0, candidates=candidates, coverage=coverage)
         top = faqs[0]
-        runner_up = next((c.score for c in faqs[1:]), 0.0)
-        conf = self.confidence(top.score, top.score - runner_up)
+        second = faqs[1] if len(faqs) > 1 else Candidate(top.entry, 0.0, 0.0)
+        conf = self.confidence(top.score, top.score - second.score, top.evidence - second.evidence)
         if conf >= cfg.answer_confidence:
             return Decision("faq", lang, round(conf, 3), entry=top.entry, candidates=candidates, coverage=coverage)
         if top.score >= cfg.clarify_score:

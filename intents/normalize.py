@@ -82,6 +82,16 @@ FILLERS_TONED = {
 }
 FILLERS_ASCII = {"oi", "nhe", "nha", "a", "ah", "ha", "nhi", "da", "vang", "admin", "ad"}
 
+# English function words, dropped only from English text: unaccented Vietnamese reuses many of
+# these letters ("the" = thẻ, "can" = cần, "me" = mẹ), so they are never dropped from Vietnamese.
+ENGLISH_STOPWORDS = frozenset(
+    "a an the is are am was were be been being do does did i me my mine you your we our us they "
+    "their it its this that these those to of in on at for from by with about as into can could "
+    "will would should shall may might must have has had get got please hello hi there here what "
+    "which who whom how when where why if or and but so than then just also any some there's i'm "
+    "i've it's what's don't doesn't".split()
+)
+
 
 def strip_tone(syllable: str) -> tuple[str, str | None]:
     """Split a syllable into its toneless NFC form and its tone mark (or None)."""
@@ -188,14 +198,25 @@ def clean(text: str) -> str:
     return _REPEAT.sub(r"\1", text)
 
 
-def normalize(text: str, drop_fillers: bool = True) -> Normalized:
-    """The matching keys of a message (or of a knowledge-base phrasing: both go through here)."""
-    tokens = _expand(_TOKEN.findall(clean(text)))
+def normalize(text: str, drop_fillers: bool = True, lang: str = "vi") -> Normalized:
+    """The matching keys of a message (or of a knowledge-base phrasing: both go through here).
+    English text (`lang="en"`) keeps its words as typed, less its function words."""
+    words = _TOKEN.findall(clean(text))
+    if lang == "en":
+        kept_en = [w for w in words if w not in ENGLISH_STOPWORDS] if drop_fillers else words
+        words = kept_en or words
+        return Normalized(text=text, toned=tuple(words), fold=tuple(fold(w) for w in words))
+    tokens = _expand(words)
     toned = [canonical_tone(t) for t in tokens]
     if drop_fillers:
         kept = [t for t in toned if t not in FILLERS_TONED and not (t.isascii() and t in FILLERS_ASCII)]
         toned = kept or toned  # a message made only of fillers keeps them ("dạ vâng", "ạ")
     return Normalized(text=text, toned=tuple(toned), fold=tuple(fold(t) for t in toned))
+
+
+def question_key(text: str, lang: str) -> str:
+    """When two knowledge-base questions are the same to the matcher: the same fold key."""
+    return normalize(text, lang=lang).fold_key
 
 
 _EN_WORDS = frozenset(

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -158,8 +160,8 @@ def _load_entries(path: Path, rel: str, problems: list[Problem]) -> list[Entry]:
     return entries
 
 
-def _check_entries(entries: list[Entry], params: dict[str, Parameter], today: date) -> list[Problem]:
-    problems: list[Problem] = []
+def _check_entries(entries: list[Entry], params: dict[str, Parameter], today: date, key_of: QuestionKey) -> list[Problem]:
+    problems: list[Problem] = _phrasing_collisions(entries, key_of)
     seen: dict[str, Entry] = {}
     for e in entries:
         where = (e.source_file, e.source_line)
@@ -193,8 +195,34 @@ def _check_entries(entries: list[Entry], params: dict[str, Parameter], today: da
     return problems
 
 
-def load_knowledge(content_dir: Path | None = None, today: date | None = None) -> KnowledgeBase:
-    """Load and validate every file; raise KnowledgeError listing all problems at once."""
+QuestionKey = Callable[[str, str], str]
+
+
+def plain_key(text: str, lang: str) -> str:
+    """Two questions are "the same" when they differ only in case, spacing and Unicode form."""
+    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+
+
+def _phrasing_collisions(entries: list[Entry], key_of: QuestionKey) -> list[Problem]:
+    """The same question (once normalised) in two entries: the matcher could never tell them apart."""
+    owner: dict[str, Entry] = {}
+    problems = []
+    for e in entries:
+        for lang, questions in (("vi", e.questions_vi), ("en", e.questions_en)):
+            for q in questions:
+                key = key_of(q, lang)
+                first = owner.setdefault(key, e)
+                if first.id != e.id:
+                    problems.append(Problem(e.source_file, e.source_line,
+                                            f"entry {e.id}: question {q!r} is also a question of {first.id} ({first.source_file}:{first.source_line})"))
+    return problems
+
+
+def load_knowledge(
+    content_dir: Path | None = None, today: date | None = None, question_key: QuestionKey = plain_key
+) -> KnowledgeBase:
+    """Load and validate every file; raise KnowledgeError listing all problems at once.
+    `question_key` says when two questions are the same (the matcher passes its own normaliser)."""
     root = Path(content_dir or CONTENT_DIR)
     if not root.is_dir():
         raise KnowledgeError([Problem(str(root), 0, "knowledge directory not found")])
@@ -212,7 +240,7 @@ def load_knowledge(content_dir: Path | None = None, today: date | None = None) -
             entries.extend(_load_entries(path, rel, problems))
     if not entries and not problems:
         problems.append(Problem(str(root), 0, "no entries found"))
-    problems.extend(_check_entries(entries, params, today or date.today()))
+    problems.extend(_check_entries(entries, params, today or date.today(), question_key))
     if problems:
         raise KnowledgeError(problems)
     return KnowledgeBase(entries=entries, parameters=params, version=digest.hexdigest()[:12])

@@ -1,6 +1,8 @@
 """The public HTTP API against a real server on loopback (and a real database)."""
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 from sqlalchemy import func, select
@@ -8,6 +10,7 @@ from sqlalchemy import func, select
 from app.db.models import Feedback, Message
 from app.services import Services
 
+VIETNAMESE_LETTERS = re.compile("[ăâđêôơưạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ]", re.IGNORECASE)
 KINDS = {"faq", "clarify", "fallback", "smalltalk", "handover"}
 
 
@@ -40,12 +43,13 @@ def test_english_question_gets_an_english_answer(live_server) -> None:  # type: 
     data = ask(live_server, text="How much is the unemployment benefit each month?").json()
     check_contract(data)
     assert data["kind"] == "faq" and data["regime"] == "unemployment"
-    assert "60%" in data["answer"] and "tháng" not in data["answer"]
+    assert "60%" in data["answer"] and not VIETNAMESE_LETTERS.search(data["answer"])
 
 
 def test_lang_parameter_chooses_the_reply_language(live_server) -> None:  # type: ignore[no-untyped-def]
     data = ask(live_server, text="tro cap that nghiep bao nhieu", lang="en").json()
-    assert data["kind"] == "faq" and "60%" in data["answer"] and "unemployment" in data["answer"].lower()
+    assert data["kind"] == "faq" and data["regime"] == "unemployment" and "60%" in data["answer"]
+    assert not VIETNAMESE_LETTERS.search(data["answer"])
 
 
 def test_clarify_offers_suggestions_with_regimes(live_server) -> None:  # type: ignore[no-untyped-def]
