@@ -135,6 +135,28 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
+def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from app.bot import Bot
+    from app.evaluation import load_cases
+    from app.tuning import best, grid_search
+
+    bot = Bot(settings.knowledge_dir)
+    cases = load_cases([Path(p) for p in args.files])
+    current = {k: v for k, v in asdict(bot.matcher.config).items()}
+    print(f"tuning on {len(cases)} cases (this takes a minute)...", file=sys.stderr)
+    trials = grid_search(bot, cases)
+    top = best(trials, args.max_wrong)
+    if not top:
+        print(f"no combination keeps wrong <= {args.max_wrong}")
+        return 1
+    for t in top[: args.show]:
+        changed = {k: v for k, v in t.params.items() if current.get(k) != v}
+        print(f"right={t.right:.3f} wrong={t.wrong:.3f} clarified={t.clarified:.3f}  {changed or '(the current settings)'}")
+    return 0
+
+
 def cmd_kb_validate(args: argparse.Namespace, settings: Settings) -> int:
     from intents.normalize import question_key
     from knowledge.loader import KnowledgeError, load_knowledge
@@ -204,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-wrong", type=float, default=1.0, help="exit 1 above this share of wrong replies")
     s.set_defaults(func=cmd_eval)
 
+    s = sub.add_parser("tune", help="grid-search the matcher's thresholds on labelled files (prints, changes nothing)")
+    s.add_argument("files", nargs="+", help="labelled .jsonl files or folders of them (not the acceptance set)")
+    s.add_argument("--max-wrong", type=float, default=0.02, help="ceiling on the share of wrong answers")
+    s.add_argument("--show", type=int, default=5, help="how many of the best combinations to print")
+    s.set_defaults(func=cmd_tune)
+
     kb = sub.add_parser("kb", help="knowledge-base tools").add_subparsers(dest="kb_command", required=True, metavar="KB_COMMAND")
     s = kb.add_parser("validate", help="check every file; print each problem as file:line: message")
     s.add_argument("--dir", help="knowledge folder (default VSSBOT_KNOWLEDGE_DIR or the bundled one)")
@@ -222,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
-    setup_logging("WARNING" if args.command in ("ask", "eval", "kb", "chat") else settings.log_level, settings.log_json)
+    setup_logging("WARNING" if args.command in ("ask", "eval", "kb", "chat", "tune") else settings.log_level, settings.log_json)
     from knowledge.loader import KnowledgeError
 
     try:

@@ -31,18 +31,21 @@ class MatcherConfig:
     w_ratio: float = 0.05
     w_entry: float = 0.3
     toned_share: float = 0.5  # of the BM25 signal, for messages typed with diacritics
-    # confidence = sigmoid(a · (score - centre) + b · margin + c · evidence margin): the margin
-    # is over the next entry's score; the evidence margin is how many more of the message's
-    # words only the best entry knows (none, for a bare topic word two entries share)
-    conf_slope: float = 12.0
-    conf_centre: float = 0.45
+    # confidence = P(the best entry fits) × P(it beats the next one)
+    #            = sigmoid(a · (score - centre)) × sigmoid(b · margin + c · evidence margin - bias):
+    # the margin is over the next entry's score; the evidence margin is how much more of the
+    # message's idf mass only the best entry's vocabulary holds (none, for a bare topic word that
+    # two entries share). Both must hold: a clear winner among poor matches is still unsure.
+    conf_slope: float = 20.0
+    conf_centre: float = 0.3
     conf_margin: float = 8.0
-    conf_evidence: float = 16.0
-    answer_confidence: float = 0.6  # answer outright at or above this
+    conf_evidence: float = 32.0
+    margin_bias: float = 2.0
+    answer_confidence: float = 0.4  # answer outright at or above this
     clarify_score: float = 0.25  # below this best score: not sure at all → fallback
     clarify_window: float = 0.08  # options offered: within this of the best score
     conversation_score: float = 0.3  # greeting / handover / out-of-scope recognised at or above
-    min_coverage: float = 0.3  # share of the message's idf mass the index knows
+    min_coverage: float = 0.5  # share of the message's idf mass the index knows
     candidate_rows: int = 60
     max_options: int = 3
 
@@ -139,7 +142,9 @@ class Matcher:
 
     def confidence(self, score: float, margin: float, evidence_margin: float = 0.0) -> float:
         cfg = self.config
-        return _sigmoid(cfg.conf_slope * (score - cfg.conf_centre) + cfg.conf_margin * margin + cfg.conf_evidence * evidence_margin)
+        fits = _sigmoid(cfg.conf_slope * (score - cfg.conf_centre))
+        wins = _sigmoid(cfg.conf_margin * margin + cfg.conf_evidence * evidence_margin - cfg.margin_bias)
+        return fits * wins
 
     def decide(self, text: str, lang: str | None = None) -> Decision:
         cfg = self.config

@@ -26,10 +26,15 @@ TIMEOUT_MS = 10_000
 PHONE = {"width": 390, "height": 844}
 SCREENSHOT = Path("/tmp/vssbot-chat-390.png")
 
-CLEAR_QUESTION = "trợ cấp thất nghiệp được bao nhiêu"
-# Short, vague messages that the matcher answers with options (kind "clarify"); the first one
-# that does on the knowledge base under test is used, so that content edits do not break the test.
-AMBIGUOUS = ["bhyt con", "bhyt miễn", "bhyt của", "6 tháng", "tiền lương", "khi nào", "bhyt", "bảo hiểm"]
+# The page is under test here, not the matcher: of each list, the first message that gets the
+# wanted kind on the knowledge base under test is used, so that tuning and content edits do not
+# break these tests (tests/test_matcher.py and the evaluation set hold the bot to its answers).
+CLEAR = [  # answered outright (kind "faq")
+    "trợ cấp thất nghiệp được bao nhiêu", "nghỉ thai sản được mấy tháng",
+    "mức hưởng trợ cấp thất nghiệp hằng tháng được tính như thế nào", "tro cap that nghiep duoc bao nhieu tien 1 thang",
+]
+AMBIGUOUS = [  # short and vague: answered with options (kind "clarify")
+    "thất nghiệp", "lương hưu", "thai sản", "bhyt con", "bhyt miễn", "6 tháng", "tiền lương", "khi nào"]
 
 
 def _unavailable(reason: str) -> None:
@@ -79,18 +84,28 @@ def _ask(page: Any, text: str) -> dict[str, Any]:
     return resp.value.json()
 
 
+def _find(url: str, texts: list[str], kind: str, min_suggestions: int = 0) -> tuple[str, dict[str, Any]]:
+    """The first of `texts` that the API answers with `kind` (and enough suggestions)."""
+    for text in texts:
+        data = httpx.post(url + "/api/v1/ask", json={"text": text}, timeout=10).json()
+        if data["kind"] == kind and len(data["suggestions"]) >= min_suggestions:
+            return text, data
+    pytest.fail(f"none of {texts} gets a {kind!r} reply any more: update the list in {Path(__file__).name}")
+
+
 def _feedback_rows(services: Any, message_id: str) -> list[Feedback]:
     with services.sessions() as session:
         return list(session.scalars(select(Feedback).where(Feedback.message_id == message_id)))
 
 
 def test_clear_question_answer_and_thumbs_up_is_stored(page: Any, live_server: Any, services: Any) -> None:
+    question, _ = _find(live_server.url, CLEAR, "faq")
     page.goto(live_server.url + "/")
-    data = _ask(page, CLEAR_QUESTION)
+    data = _ask(page, question)
     assert data["kind"] == "faq", data
 
     # the question as a user bubble, the input emptied, then the answer with its rating buttons
-    assert page.locator("#log li.msg.user").last.inner_text() == CLEAR_QUESTION
+    assert page.locator("#log li.msg.user").last.inner_text() == question
     assert page.input_value("#text") == ""
     answer = page.locator('#log li.msg.bot[data-kind="faq"]').last
     answer.wait_for()
@@ -117,16 +132,8 @@ def test_clear_question_answer_and_thumbs_up_is_stored(page: Any, live_server: A
     assert [r.helpful for r in _feedback_rows(services, data["message_id"])] == [False]
 
 
-def _find_ambiguous(url: str) -> tuple[str, dict[str, Any]]:
-    for text in AMBIGUOUS:
-        data = httpx.post(url + "/api/v1/ask", json={"text": text}, timeout=10).json()
-        if data["kind"] == "clarify" and len(data["suggestions"]) >= 2:
-            return text, data
-    pytest.fail(f"none of {AMBIGUOUS} gets a clarify reply with options any more: update AMBIGUOUS")
-
-
 def test_ambiguous_question_offers_options_and_an_option_answers(page: Any, live_server: Any) -> None:
-    text, probe = _find_ambiguous(live_server.url)
+    text, probe = _find(live_server.url, AMBIGUOUS, "clarify", min_suggestions=2)
     page.goto(live_server.url + "/")
     data = _ask(page, text)
     assert data["kind"] == "clarify", (text, data)
@@ -182,9 +189,9 @@ def test_page_is_vietnamese_and_fits_a_phone(page: Any, live_server: Any) -> Non
     assert "Xin chào" in page.locator("#log li.msg.bot").first.inner_text()
 
     # a long answer with its rating, a clarification with its options, an out-of-scope reply
-    _ask(page, CLEAR_QUESTION)
+    _ask(page, _find(live_server.url, CLEAR, "faq")[0])
     page.locator('#log li.msg.bot[data-kind="faq"] .rate').last.wait_for()
-    text, _ = _find_ambiguous(live_server.url)
+    text, _ = _find(live_server.url, AMBIGUOUS, "clarify", min_suggestions=2)
     _ask(page, text)
     page.locator('#log li.msg.bot[data-kind="clarify"] .options button').first.wait_for()
     _ask(page, "thời tiết hôm nay thế nào")
@@ -200,11 +207,6 @@ def test_page_is_vietnamese_and_fits_a_phone(page: Any, live_server: Any) -> Non
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chat.css: .msg has no `overflow-wrap: anywhere`, so a long unbroken token (a pasted link, "
-    "a code) runs out of its bubble and the log scrolls sideways; remove this marker with the fix",
-)
 def test_long_unbroken_text_wraps_at_phone_width(page: Any, live_server: Any) -> None:
     page.goto(live_server.url + "/")
     _ask(page, "https://baohiemxahoi.gov.vn/tra-cuu/" + "x" * 80)
