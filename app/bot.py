@@ -96,6 +96,21 @@ class Bot:
         decision = matcher.decide(text, lang)
         return self.compose(decision, kb, today)
 
+    def chosen(self, entry_id: str, text: str, lang: str | None = None, today: date | None = None) -> Reply:
+        """The answer of an entry the person picked from offered options: certain by choice.
+        The candidates record the choice, a labelled phrasing for the staff console."""
+        kb = self.kb
+        entry = kb.by_id.get(entry_id)
+        if entry is None:
+            return self.reply(text, lang, today)
+        lang = lang or self.matcher.language(text)
+        regime = entry.regime.value if entry.regime else None
+        kind = entry.kind if entry.kind in ("faq", "smalltalk", "handover") else "fallback"
+        return Reply(
+            kind, kb.answer(entry, lang, today), lang, 1.0, intent_id=entry.id, regime=regime,
+            candidates=[{"intent_id": entry.id, "regime": regime, "chosen": True}], kb_version=kb.version,
+        )
+
     def compose(self, d: Decision, kb: KnowledgeBase, today: date | None = None) -> Reply:
         lang = d.lang
         candidates = [

@@ -47,7 +47,10 @@ class Pipeline:
         """Answer and log one event; None if this event was already handled (a retry)."""
         start = time.perf_counter()
         text = clean_text(event.text or "", self.store_chars)
-        reply = self.bot.reply(text[: self.match_chars], event.lang)
+        if event.kind == "choice" and event.payload:
+            reply = self.bot.chosen(event.payload, text, event.lang)
+        else:
+            reply = self.bot.reply(text[: self.match_chars], event.lang)
         latency_ms = (time.perf_counter() - start) * 1000
         try:
             with self.sessions() as session, session.begin():

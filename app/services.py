@@ -24,9 +24,10 @@ class Services:
         self.engine.dispose()
 
 
-def build_services(settings: Settings, migrate: bool = True) -> Services:
-    """Load the knowledge base, connect the database (migrating it first, unless told not to)."""
-    bot = Bot(settings.knowledge_dir)
+def build_services(settings: Settings, migrate: bool = True, bot: Bot | None = None) -> Services:
+    """Load the knowledge base (unless a bot is given), connect the database (migrating it
+    first, unless told not to)."""
+    bot = bot or Bot(settings.knowledge_dir)
     if migrate:
         upgrade(settings.database_url)
     engine = make_engine(settings.database_url)

@@ -103,6 +103,8 @@ class Index:
         # One document an entry (all phrasings and keywords): a message whose words are spread
         # over several phrasings of the same entry still finds it.
         self.entry_words = self._build_bm25([sorted(set(d)) for d in entry_docs])
+        row_idf = np.asarray([sum(self.words.idf[t] for t in r.terms) for r in self.rows], dtype=np.float64)
+        self._inv_row_idf = np.divide(1.0, row_idf, out=np.zeros_like(row_idf), where=row_idf > 0).astype(np.float32)
 
     def _build_bm25(self, docs: list[list[str]]) -> _Postings:
         n = max(1, len(docs))
@@ -152,28 +154,40 @@ class Index:
         """Per-entry BM25 over each entry's whole vocabulary, ÷ the query's total idf."""
         return _bm25(self.entry_words, len(self.entries), set(word_terms(norm)))[0]
 
-    def row_coverage(self, row: int, query_terms: set[str]) -> float:
-        """Share of a phrasing's idf mass that the message contains: low when a short message
-        ("thất nghiệp") touches a long, specific phrasing only at its topic word."""
-        terms = self.rows[row].terms
-        total = sum(self.words.idf[t] for t in terms)
-        return sum(self.words.idf[t] for t in terms & query_terms) / total if total else 0.0
+    def row_coverages(self, query_terms: set[str]) -> np.ndarray:
+        """`row_coverage` of every row at once: the idf of each query term the index knows,
+        summed over the rows that contain it (its postings), ÷ each row's own idf mass."""
+        known = [t for t in query_terms if t in self.words.idf]
+        rows = [self.words.rows[t] for t in known]
+        weights = [np.full(len(r), self.words.idf[t], dtype=np.float32) for t, r in zip(known, rows)]
+        return _accumulate(self.size, rows, weights) * self._inv_row_idf
 
     def char_cosine(self, norm: Normalized) -> np.ndarray:
-        scores = np.zeros(self.size, dtype=np.float32)
         counts = Counter(char_terms(norm))
         vec = {t: (1 + math.log(tf)) * self.chars.idf.get(t, self.chars.max_idf) for t, tf in counts.items()}
         length = math.sqrt(sum(v * v for v in vec.values())) or 1.0
+        rows: list[np.ndarray] = []
+        weights: list[np.ndarray] = []
         for t, v in vec.items():
-            rows = self.chars.rows.get(t)
-            if rows is not None:
-                scores[rows] += self.chars.weights[t] * (v / length)
-        return scores
+            r = self.chars.rows.get(t)
+            if r is not None:
+                rows.append(r)
+                weights.append(self.chars.weights[t] * (v / length))
+        return _accumulate(self.size, rows, weights)
+
+
+def _accumulate(size: int, rows: list[np.ndarray], weights: list[np.ndarray]) -> np.ndarray:
+    """Σ of postings into a per-row array in one C pass (np.bincount), instead of one
+    fancy-indexed `scores[rows] += w` (a gather and a scatter) per term."""
+    if not rows:
+        return np.zeros(size, dtype=np.float32)
+    return np.bincount(np.concatenate(rows), weights=np.concatenate(weights), minlength=size).astype(np.float32)
 
 
 def _bm25(p: _Postings, size: int, terms: set[str]) -> tuple[np.ndarray, float]:
-    scores = np.zeros(size, dtype=np.float32)
     total = known = 0.0
+    rows: list[np.ndarray] = []
+    weights: list[np.ndarray] = []
     for t in terms:
         idf = p.idf.get(t)
         if idf is None:
@@ -182,7 +196,9 @@ def _bm25(p: _Postings, size: int, terms: set[str]) -> tuple[np.ndarray, float]:
             continue
         total += idf
         known += idf
-        scores[p.rows[t]] += p.weights[t]
+        rows.append(p.rows[t])
+        weights.append(p.weights[t])
+    scores = _accumulate(size, rows, weights)
     if total <= 0:
         return scores, 0.0
     return scores / total, known / total

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 
 from intents.index import Index, word_terms
 from intents.normalize import ENGLISH_STOPWORDS, Normalized, detect_language, normalize
@@ -36,16 +36,16 @@ class MatcherConfig:
     # the margin is over the next entry's score; the evidence margin is how much more of the
     # message's idf mass only the best entry's vocabulary holds (none, for a bare topic word that
     # two entries share). Both must hold: a clear winner among poor matches is still unsure.
-    conf_slope: float = 20.0
-    conf_centre: float = 0.3
+    conf_slope: float = 12.0
+    conf_centre: float = 0.35
     conf_margin: float = 8.0
     conf_evidence: float = 32.0
-    margin_bias: float = 2.0
-    answer_confidence: float = 0.4  # answer outright at or above this
-    clarify_score: float = 0.25  # below this best score: not sure at all → fallback
+    margin_bias: float = 1.0
+    answer_confidence: float = 0.5  # answer outright at or above this
+    clarify_score: float = 0.3  # below this best score: not sure at all → fallback
     clarify_window: float = 0.08  # options offered: within this of the best score
     conversation_score: float = 0.3  # greeting / handover / out-of-scope recognised at or above
-    min_coverage: float = 0.5  # share of the message's idf mass the index knows
+    min_coverage: float = 0.4  # share of the message's idf mass the index knows
     candidate_rows: int = 60
     max_options: int = 3
 
@@ -55,6 +55,7 @@ class Candidate:
     entry: Entry
     score: float
     evidence: float = 0.0  # share of the message's idf mass found in the entry's vocabulary
+    exact: bool = False  # the message is one of the entry's phrasings (once normalised)
 
 
 @dataclass(frozen=True)
@@ -110,18 +111,28 @@ class Matcher:
             if e not in best_row or lexical[r] > lexical[best_row[e]]:
                 best_row[e] = int(r)
         query = norm.fold_key
-        query_terms = set(word_terms(norm))
+        cover = self.index.row_coverages(set(word_terms(norm)))
+        # every phrasing of every candidate entry, scored by rapidfuzz in two C calls
+        groups = [[row for row in self._row_ids_by_entry[e] if row not in exclude] for e in best_row]
+        flat = [row for g in groups for row in g]
+        keys = [self.index.rows[row].key for row in flat]
+        fuzzy = (
+            cfg.w_token_set * process.cdist([query], keys, scorer=fuzz.token_set_ratio, dtype=np.float32, workers=1)[0]
+            + cfg.w_ratio * process.cdist([query], keys, scorer=fuzz.ratio, dtype=np.float32, workers=1)[0]
+        ) / 100
+        row_cover = cover[flat]
         scored: list[Candidate] = []
-        for e, r in best_row.items():
-            fuzzy = max(
-                cfg.w_token_set * fuzz.token_set_ratio(query, self.index.rows[row].key) / 100
-                + cfg.w_ratio * fuzz.ratio(query, self.index.rows[row].key) / 100
-                for row in self._row_ids_by_entry[e]
-                if row not in exclude
-            )
-            cover = max(self.index.row_coverage(row, query_terms) for row in self._row_ids_by_entry[e] if row not in exclude)
-            score = float(lexical[r]) + fuzzy + cfg.w_row_cover * cover
-            scored.append(Candidate(self.index.entries[e], score, float(entry_bm25[e])))
+        start = 0
+        for (e, r), g in zip(best_row.items(), groups):
+            if not g:
+                continue
+            end = start + len(g)
+            exact = any(self.index.rows[row].key == query for row in g)
+            best_fuzzy = float(fuzzy[start:end].max())
+            best_cover = float(row_cover[start:end].max())
+            start = end
+            score = float(lexical[r]) + best_fuzzy + cfg.w_row_cover * best_cover
+            scored.append(Candidate(self.index.entries[e], score, float(entry_bm25[e]), exact))
         scored.sort(key=lambda c: c.score, reverse=True)
         return scored[:limit], coverage
 
@@ -173,6 +184,10 @@ class Matcher:
         top = faqs[0]
         second = faqs[1] if len(faqs) > 1 else Candidate(top.entry, 0.0, 0.0)
         conf = self.confidence(top.score, top.score - second.score, top.evidence - second.evidence)
+        if top.exact:
+            # The message is literally one of this entry's phrasings, and validation keeps a
+            # phrasing in one entry only: the choice between entries is made; only the fit counts.
+            conf = self.confidence(top.score, 1.0, 1.0)
         if conf >= cfg.answer_confidence:
             return Decision("faq", lang, round(conf, 3), entry=top.entry, candidates=candidates, coverage=coverage)
         if top.score >= cfg.clarify_score:

@@ -50,7 +50,8 @@ EntryKind = Literal["faq", "smalltalk", "handover", "out_of_scope"]
 class Entry(BaseModel):
     """One knowledge-base entry: how people ask, what the bot answers, and why."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # a bare `- 2026` in a YAML list is a number: read it as the text it was meant to be
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
     id: str = Field(pattern=ID_PATTERN)
     kind: EntryKind = "faq"

@@ -25,8 +25,8 @@ DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 @pytest.fixture(scope="session")
 def bot() -> Bot:
-    """The bot on the bundled knowledge base, built once for the whole run."""
-    return Bot()
+    """The bot on the configured (by default the bundled) knowledge base, built once for the run."""
+    return Bot(Settings().knowledge_dir)
 
 
 @pytest.fixture(params=DATABASES)
@@ -53,9 +53,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def services(database_url: str, bot: Bot) -> Iterator[Services]:
     """Migrated database + the shared bot + the pipeline."""
     settings = Settings(database_url=database_url)
-    svc = build_services(settings)
-    svc.bot = bot
-    svc.pipeline.bot = bot
+    svc = build_services(settings, bot=bot)
     try:
         yield svc
     finally:
@@ -71,9 +69,10 @@ def free_port() -> int:
 class LiveServer:
     """A real uvicorn server on loopback in a background thread."""
 
-    def __init__(self, services: Services):
+    def __init__(self, services: Services, health_ok: bool = True):
         from app.main import create_app
 
+        self.health_ok = health_ok
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(services.settings, services=services)
@@ -85,7 +84,8 @@ class LiveServer:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                status = httpx.get(self.url + "/healthz", timeout=2).status_code
+                if status == 200 or not self.health_ok:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)

@@ -116,3 +116,28 @@ def test_chat_page_is_served(live_server) -> None:  # type: ignore[no-untyped-de
     r = httpx.get(live_server.url + "/", timeout=10)
     assert r.status_code == 200 and '<html lang="vi">' in r.text and "/static/chat.js" in r.text
     assert httpx.get(live_server.url + "/static/chat.js", timeout=10).status_code == 200
+
+
+def test_a_chosen_option_is_answered_as_that_entry_and_recorded(live_server, services: Services) -> None:  # type: ignore[no-untyped-def]
+    entry = services.bot.kb.by_id["maternity.paternity-leave"]
+    r = ask(live_server, text=entry.question_vi, session_id="s-2", intent_id=entry.id)
+    data = r.json()
+    check_contract(data)
+    assert (data["kind"], data["intent_id"], data["regime"], data["confidence"]) == ("faq", entry.id, "maternity", 1.0)
+    with services.sessions() as s:
+        reply = s.get(Message, data["message_id"])
+        assert reply is not None and reply.candidates == [{"intent_id": entry.id, "regime": "maternity", "chosen": True}]
+    bad = ask(live_server, text="x", intent_id="no.such-entry")
+    assert bad.status_code == 422 and "unknown intent_id" in bad.text
+
+
+def test_healthz_is_503_when_the_database_is_down(services: Services) -> None:
+    from sqlalchemy import create_engine
+
+    from tests.conftest import LiveServer, free_port
+
+    services.engine = create_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none", pool_pre_ping=True)
+    with LiveServer(services, health_ok=False) as server:
+        r = httpx.get(server.url + "/healthz", timeout=10)
+        assert r.status_code == 503
+        assert r.json()["status"] == "degraded" and r.json()["database"].startswith("error")

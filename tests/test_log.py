@@ -19,7 +19,7 @@ def test_a_message_and_its_reply_are_stored_with_the_decision(services: Services
         assert reply.direction == "out" and reply.reply_to_id == inbound.id
         assert reply.kind == handled.reply.kind == "faq"
         assert reply.entry_id == handled.reply.intent_id and reply.regime == "unemployment"
-        assert 0.6 <= (reply.confidence or 0) <= 1
+        assert services.bot.matcher.config.answer_confidence <= (reply.confidence or 0) <= 1
         assert reply.kb_version == services.bot.kb.version
         assert reply.latency_ms is not None and reply.latency_ms >= 0
         assert reply.candidates and reply.candidates[0]["intent_id"] == reply.entry_id

@@ -63,7 +63,7 @@ def test_clear_questions_are_answered(matcher: Matcher, text: str, entry_id: str
     d = matcher.decide(text)
     assert d.kind == "faq", (d.kind, d.candidates[:3])
     assert d.entry is not None and d.entry.id == entry_id
-    assert 0.6 <= d.confidence <= 1.0
+    assert matcher.config.answer_confidence <= d.confidence <= 1.0
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ class InboundEvent:
     user_id: str  # the platform's id of the person (a session id on the web)
     text: str
     event_id: str | None = None  # the platform's message id: a retried delivery repeats it
-    kind: str = "text"  # text | postback | attachment
+    kind: str = "text"  # text | choice (an offered option, `payload` = entry id) | postback | attachment
     payload: str | None = None
     lang: str | None = None  # asked-for reply language, if the person chose one
     sent_at: datetime | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +28,9 @@ class AskRequest(BaseModel):
     text: str = Field(max_length=MAX_TEXT_CHARS, description="the person's message")
     session_id: str | None = Field(None, max_length=128, description="keeps one conversation across calls")
     lang: Literal["vi", "en"] | None = Field(None, description="reply language; detected when absent")
+    intent_id: str | None = Field(
+        None, max_length=80, description="the suggestion the person chose from a clarify reply: answered as that entry"
+    )
 
     @field_validator("text")
     @classmethod
@@ -61,7 +64,12 @@ class FeedbackRequest(BaseModel):
 
 @router.post("/api/v1/ask", response_model=AskResponse)
 async def ask(body: AskRequest, services: ServicesDep) -> AskResponse:
-    event = InboundEvent(channel="web", user_id=body.session_id or uuid.uuid4().hex, text=body.text, lang=body.lang)
+    if body.intent_id is not None and body.intent_id not in services.bot.kb.by_id:
+        raise HTTPException(status_code=422, detail=f"unknown intent_id {body.intent_id!r}")
+    event = InboundEvent(
+        channel="web", user_id=body.session_id or uuid.uuid4().hex, text=body.text, lang=body.lang,
+        kind="choice" if body.intent_id else "text", payload=body.intent_id,
+    )
     handled = await run_in_threadpool(services.pipeline.handle, event)
     assert handled is not None  # web events carry no platform id, so they are never duplicates
     r = handled.reply
@@ -81,7 +89,8 @@ async def feedback(body: FeedbackRequest, services: ServicesDep) -> dict[str, bo
 
 
 @router.get("/healthz")
-async def healthz(services: ServicesDep) -> dict[str, object]:
+async def healthz(services: ServicesDep, response: Response) -> dict[str, object]:
+    """200 when the database answers; 503 (with the same report) when it does not."""
     def probe() -> str:
         try:
             with services.engine.connect() as conn:
@@ -91,6 +100,8 @@ async def healthz(services: ServicesDep) -> dict[str, object]:
             return f"error: {type(exc).__name__}"
 
     db = await run_in_threadpool(probe)
+    if db != "ok":
+        response.status_code = 503
     kb = services.bot.kb
     return {
         "status": "ok" if db == "ok" else "degraded",

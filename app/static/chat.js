@@ -32,13 +32,16 @@
       b.setAttribute("aria-label", label);
       b.setAttribute("aria-pressed", "false");
       b.addEventListener("click", async () => {
-        const res = await fetch("/api/v1/feedback", {
-          method: "POST", headers: { "Content-Type": "application/json" },
-          body: JSON.stringify({ message_id: messageId, helpful: helpful }),
-        });
-        if (res.ok) {
+        try {
+          const res = await fetch("/api/v1/feedback", {
+            method: "POST", headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ message_id: messageId, helpful: helpful }),
+          });
+          if (!res.ok) throw new Error(String(res.status));
           box.querySelectorAll("button").forEach((x) => x.setAttribute("aria-pressed", String(x === b)));
           box.dataset.sent = helpful ? "up" : "down";
+        } catch (e) {
+          box.title = "Chưa gửi được đánh giá, bạn thử lại nhé.";
         }
       });
       box.appendChild(b);
@@ -46,33 +49,52 @@
     li.appendChild(box);
   }
 
-  async function ask(text) {
+  const sendButton = form.querySelector("button");
+
+  function busy(on) {
+    sendButton.disabled = on;
+    input.disabled = on;
+    if (!on) input.focus();
+  }
+
+  async function ask(text, intentId) {
     add("user", text);
+    busy(true);
     let data;
     try {
+      const body = { text: text, session_id: session };
+      if (intentId) body.intent_id = intentId;
       const res = await fetch("/api/v1/ask", {
         method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ text: text, session_id: session }),
+        body: JSON.stringify(body),
       });
       data = await res.json();
       if (!res.ok) {
-        add("bot", "Xin lỗi, câu hỏi chưa gửi được: " + (data.detail && data.detail[0] ? data.detail[0].msg : res.status));
+        const detail = Array.isArray(data.detail) && data.detail[0] ? data.detail[0].msg : data.detail || res.status;
+        add("bot", "Xin lỗi, câu hỏi chưa gửi được: " + detail);
         return;
       }
     } catch (e) {
       add("bot", "Mất kết nối. Bạn thử lại sau ít phút nhé.");
       return;
+    } finally {
+      busy(false);
     }
-    const li = add("bot", data.answer);
+    const clarify = data.kind === "clarify" && data.suggestions.length;
+    // the options are buttons here, so the numbered list of the plain-text answer is not repeated
+    const li = add("bot", clarify ? data.answer.split("\n")[0] : data.answer);
     li.dataset.kind = data.kind;
-    if (data.kind === "clarify" && data.suggestions.length) {
+    if (clarify) {
       const box = document.createElement("div");
       box.className = "options";
       data.suggestions.forEach((s) => {
         const b = document.createElement("button");
         b.type = "button";
         b.textContent = s.question;
-        b.addEventListener("click", () => ask(s.question));
+        b.addEventListener("click", () => {
+          box.querySelectorAll("button").forEach((x) => { x.disabled = true; });
+          ask(s.question, s.intent_id);
+        });
         box.appendChild(b);
       });
       li.appendChild(box);
