@@ -47,6 +47,7 @@ class MatcherConfig:
     conversation_score: float = 0.3  # greeting / handover / out-of-scope recognised at or above
     min_coverage: float = 0.4  # share of the message's idf mass the index knows
     candidate_rows: int = 60
+    fuzzy_rows: int = 6  # phrasings of each candidate entry the fuzzy features look at
     max_options: int = 3
 
 
@@ -79,11 +80,14 @@ class Matcher:
     def __init__(self, entries: list[Entry], config: MatcherConfig | None = None):
         self.config = config or MatcherConfig()
         self.index = Index(entries)
-        self._row_ids_by_entry: dict[int, list[int]] = {}
+        by_entry: dict[int, list[int]] = {}
+        self._row_by_key: dict[str, int] = {}
         vocab: dict[str, set[str]] = {"vi": set(), "en": set()}
         for i, row in enumerate(self.index.rows):
-            self._row_ids_by_entry.setdefault(row.entry, []).append(i)
+            by_entry.setdefault(row.entry, []).append(i)
+            self._row_by_key.setdefault(row.key, i)
             vocab[row.lang].update(row.key.split())
+        self._row_ids_by_entry = {e: np.asarray(rows, dtype=np.int64) for e, rows in by_entry.items()}
         # Words only the English phrasings use, and words only the Vietnamese ones use: what
         # tells an unaccented Vietnamese message ("can giay to gi") from an English one.
         vocab["en"] |= ENGLISH_STOPWORDS  # dropped from the English rows, but English all the same
@@ -111,10 +115,18 @@ class Matcher:
             if e not in best_row or lexical[r] > lexical[best_row[e]]:
                 best_row[e] = int(r)
         query = norm.fold_key
+        exact_row = self._row_by_key.get(query)
+        exact_entry = int(self.index.row_entry[exact_row]) if exact_row is not None and exact_row not in exclude else -1
         cover = self.index.row_coverages(set(word_terms(norm)))
-        # every phrasing of every candidate entry, scored by rapidfuzz in two C calls
-        groups = [[row for row in self._row_ids_by_entry[e] if row not in exclude] for e in best_row]
-        flat = [row for g in groups for row in g]
+        # the best few phrasings (by the lexical score) of each candidate entry, scored by
+        # rapidfuzz in two C calls: the fuzzy features only refine, so a few rows an entry do
+        groups = []
+        for e in best_row:
+            rows = self._row_ids_by_entry[e]
+            if len(rows) > cfg.fuzzy_rows:
+                rows = rows[np.argpartition(-lexical[rows], cfg.fuzzy_rows)[: cfg.fuzzy_rows]]
+            groups.append(rows[lexical[rows] > -1.0])
+        flat = np.concatenate(groups)
         keys = [self.index.rows[row].key for row in flat]
         fuzzy = (
             cfg.w_token_set * process.cdist([query], keys, scorer=fuzz.token_set_ratio, dtype=np.float32, workers=1)[0]
@@ -124,20 +136,19 @@ class Matcher:
         scored: list[Candidate] = []
         start = 0
         for (e, r), g in zip(best_row.items(), groups):
-            if not g:
+            if not len(g):
                 continue
             end = start + len(g)
-            exact = any(self.index.rows[row].key == query for row in g)
             best_fuzzy = float(fuzzy[start:end].max())
             best_cover = float(row_cover[start:end].max())
             start = end
             score = float(lexical[r]) + best_fuzzy + cfg.w_row_cover * best_cover
-            scored.append(Candidate(self.index.entries[e], score, float(entry_bm25[e]), exact))
+            scored.append(Candidate(self.index.entries[e], score, float(entry_bm25[e]), e == exact_entry))
         scored.sort(key=lambda c: c.score, reverse=True)
         return scored[:limit], coverage
 
     def rows_of(self, entry: int) -> list[int]:
-        return self._row_ids_by_entry.get(entry, [])
+        return [int(r) for r in self._row_ids_by_entry.get(entry, [])]
 
     def language(self, text: str) -> str:
         """"vi" or "en": diacritics settle it; otherwise which phrasings' words the message uses."""
