@@ -100,6 +100,15 @@ class Index:
         # apart (hàn/hạn, sổ/số, thẻ/thế), as matching.md §3 suggests.
         self.toned = self._build_bm25(toned_docs)
         self.chars = self._build_tfidf(char_docs)
+        # Trigrams in more than a tenth of the rows (" th", "ng ") make up most of the postings
+        # a query walks and move few rows apart: they are kept as dense columns and added only
+        # for a pool of the best rows (Matcher.rank), which leaves the scores of those rows exact.
+        self.common_chars: dict[str, np.ndarray] = {}
+        for t in [t for t, r in self.chars.rows.items() if len(r) > self.size // 10]:
+            col = np.zeros(self.size, dtype=np.float32)
+            col[self.chars.rows[t]] = self.chars.weights[t]
+            self.common_chars[t] = col
+            del self.chars.rows[t], self.chars.weights[t]
         # One document an entry (all phrasings and keywords): a message whose words are spread
         # over several phrasings of the same entry still finds it.
         self.entry_words = self._build_bm25([sorted(set(d)) for d in entry_docs])
@@ -158,22 +167,36 @@ class Index:
         """`row_coverage` of every row at once: the idf of each query term the index knows,
         summed over the rows that contain it (its postings), ÷ each row's own idf mass."""
         known = [t for t in query_terms if t in self.words.idf]
+        if not known:
+            return np.zeros(self.size, dtype=np.float32)
         rows = [self.words.rows[t] for t in known]
-        weights = [np.full(len(r), self.words.idf[t], dtype=np.float32) for t, r in zip(known, rows)]
-        return _accumulate(self.size, rows, weights) * self._inv_row_idf
+        weights = np.repeat(np.asarray([self.words.idf[t] for t in known]), [len(r) for r in rows])
+        return np.bincount(np.concatenate(rows), weights=weights, minlength=self.size).astype(np.float32) * self._inv_row_idf
 
     def char_cosine(self, norm: Normalized) -> np.ndarray:
+        """The trigram cosine of every row."""
+        scores, common = self.char_cosine_split(norm)
+        for col, scale in common:
+            scores += col * np.float32(scale)
+        return scores
+
+    def char_cosine_split(self, norm: Normalized) -> tuple[np.ndarray, list[tuple[np.ndarray, float]]]:
+        """The cosine over the rarer trigrams for every row, and the common trigrams' dense
+        columns with their query weights, to add for the rows that matter."""
         counts = Counter(char_terms(norm))
         vec = {t: (1 + math.log(tf)) * self.chars.idf.get(t, self.chars.max_idf) for t, tf in counts.items()}
         length = math.sqrt(sum(v * v for v in vec.values())) or 1.0
         rows: list[np.ndarray] = []
         weights: list[np.ndarray] = []
+        common: list[tuple[np.ndarray, float]] = []
         for t, v in vec.items():
             r = self.chars.rows.get(t)
             if r is not None:
                 rows.append(r)
                 weights.append(self.chars.weights[t] * (v / length))
-        return _accumulate(self.size, rows, weights)
+            elif t in self.common_chars:
+                common.append((self.common_chars[t], v / length))
+        return _accumulate(self.size, rows, weights), common
 
 
 def _accumulate(size: int, rows: list[np.ndarray], weights: list[np.ndarray]) -> np.ndarray:

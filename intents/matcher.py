@@ -70,6 +70,14 @@ class Decision:
     coverage: float = 0.0
 
 
+def _best(scores: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
+    """The `k` rows of `among` with the highest scores (all of them if there are fewer)."""
+    if len(among) <= k:
+        return among
+    sub = scores[among]
+    return among[np.argpartition(sub, len(sub) - k)[len(sub) - k :]]
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
@@ -103,12 +111,20 @@ class Matcher:
         bm25, coverage = self.index.bm25(norm)
         if norm.toned != norm.fold:  # the message has diacritics: let the toned space have a say
             bm25 = (1 - cfg.toned_share) * bm25 + cfg.toned_share * self.index.toned_bm25(norm)
-        char = self.index.char_cosine(norm)
+        char, common = self.index.char_cosine_split(norm)
         entry_bm25 = self.index.entry_bm25(norm)
         lexical = cfg.w_bm25 * bm25 + cfg.w_char * char + cfg.w_entry * entry_bm25[self.index.row_entry]
         if exclude:
             lexical[list(exclude)] = -1.0
-        top = np.argpartition(-lexical, min(cfg.candidate_rows, self.index.size - 1))[: cfg.candidate_rows]
+        pool = _best(lexical, np.arange(self.index.size), cfg.candidate_rows * (4 if common else 1))
+        if common:  # make the pool's scores exact with the common trigrams, then take the top
+            extra = np.zeros(len(pool), dtype=np.float32)
+            for col, scale in common:
+                extra += col[pool] * np.float32(scale)
+            lexical[pool] += cfg.w_char * extra
+            if exclude:
+                lexical[list(exclude)] = -1.0
+        top = _best(lexical, pool, cfg.candidate_rows)
         best_row: dict[int, int] = {}
         for r in top:
             e = int(self.index.row_entry[r])
@@ -118,14 +134,14 @@ class Matcher:
         exact_row = self._row_by_key.get(query)
         exact_entry = int(self.index.row_entry[exact_row]) if exact_row is not None and exact_row not in exclude else -1
         cover = self.index.row_coverages(set(word_terms(norm)))
-        # the best few phrasings (by the lexical score) of each candidate entry, scored by
-        # rapidfuzz in two C calls: the fuzzy features only refine, so a few rows an entry do
-        groups = []
-        for e in best_row:
-            rows = self._row_ids_by_entry[e]
-            if len(rows) > cfg.fuzzy_rows:
-                rows = rows[np.argpartition(-lexical[rows], cfg.fuzzy_rows)[: cfg.fuzzy_rows]]
-            groups.append(rows[lexical[rows] > -1.0])
+        # The fuzzy features refine: they look at each candidate entry's best few phrasings of
+        # the pool (by lexical score), scored by rapidfuzz in two C calls.
+        by_entry: dict[int, list[int]] = {e: [] for e in best_row}
+        for r in pool[np.argsort(-lexical[pool])]:
+            rows = by_entry.get(int(self.index.row_entry[r]))
+            if rows is not None and len(rows) < cfg.fuzzy_rows and lexical[r] > -1.0:
+                rows.append(int(r))
+        groups = [np.asarray(by_entry[e], dtype=np.int64) for e in best_row]
         flat = np.concatenate(groups)
         keys = [self.index.rows[row].key for row in flat]
         fuzzy = (
