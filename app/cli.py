@@ -191,6 +191,68 @@ def cmd_kb_lint(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if findings else 0
 
 
+def cmd_kb_export(args: argparse.Namespace, settings: Settings) -> int:
+    from intents.normalize import question_key
+    from knowledge.loader import load_knowledge
+    from knowledge.spreadsheet import to_csv
+
+    kb = load_knowledge(settings.knowledge_dir, question_key=question_key)
+    text = to_csv(kb.entries)
+    if args.out in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text("\ufeff" + text, encoding="utf-8")
+        print(f"wrote {len(kb.entries)} entries to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_kb_import(args: argparse.Namespace, settings: Settings) -> int:
+    import shutil
+    import tempfile
+
+    from intents.normalize import question_key
+    from knowledge.loader import KnowledgeError, load_knowledge
+    from knowledge.spreadsheet import diff, from_csv, merged
+    from knowledge.writer import write_entries
+
+    folder = Path(settings.knowledge_dir)
+    kb = load_knowledge(folder, question_key=question_key)
+    try:
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"vssbot kb import: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    incoming, problems = from_csv(text)
+    for p in problems:
+        print(f"{args.file}: {p}")
+    if problems:
+        print(f"{len(problems)} problem(s); nothing imported", file=sys.stderr)
+        return 1
+    d = diff(kb.entries, incoming)
+    print(d.render())
+    if d.empty:
+        return 0
+    result = merged(kb.entries, incoming)
+    # check the whole result as the loader will see it, before touching the real files
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in folder.glob("*.yaml"):
+            shutil.copy(f, tmp)
+        write_entries(result, Path(tmp))
+        try:
+            load_knowledge(Path(tmp), question_key=question_key)
+        except KnowledgeError as exc:
+            for p in exc.problems:
+                print(f"after import: {p}")
+            print("the import would leave the knowledge base invalid; nothing written", file=sys.stderr)
+            return 1
+    if not args.apply:
+        print(f"\n{len(d.added)} added, {len(d.changed)} field change(s): run again with --apply to write them", file=sys.stderr)
+        return 0
+    written = write_entries(result, folder)
+    print(f"wrote {len(written)} file(s) in {folder}", file=sys.stderr)
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     from app.db.session import upgrade
 
@@ -240,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = kb.add_parser("lint", help="validation plus colliding phrasings, typed amounts, stale entries, missing English")
     s.add_argument("--dir", help="knowledge folder (default VSSBOT_KNOWLEDGE_DIR or the bundled one)")
     s.set_defaults(func=cmd_kb_lint)
+
+    s = kb.add_parser("export", help="the knowledge base as a spreadsheet (CSV, Vietnamese column headers)")
+    s.add_argument("--format", choices=["csv"], default="csv")
+    s.add_argument("--out", help="file to write (default: standard output)")
+    s.set_defaults(func=cmd_kb_export)
+    s = kb.add_parser("import", help="read a reviewed spreadsheet: show what it changes; --apply writes it")
+    s.add_argument("file", help="a CSV exported by `vssbot kb export` and edited")
+    s.add_argument("--apply", action="store_true", help="write the changes into the YAML files")
+    s.set_defaults(func=cmd_kb_import)
 
     db = sub.add_parser("db", help="database tools").add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     s = db.add_parser("upgrade", help="migrate the database to the latest schema")
