@@ -113,23 +113,28 @@ class Bot:
 
     def compose(self, d: Decision, kb: KnowledgeBase, today: date | None = None) -> Reply:
         lang = d.lang
-        candidates = [
+        candidates: list[dict[str, object]] = [
             {"intent_id": c.entry.id, "regime": c.entry.regime.value if c.entry.regime else None, "score": round(c.score, 4)}
             for c in d.candidates[:5]
         ]
-        base = dict(lang=lang, confidence=d.confidence, candidates=candidates, kb_version=kb.version)
+
+        def reply(kind: str, text: str, intent_id: str | None = None, regime: str | None = None,
+                  suggestions: list[Suggestion] | None = None) -> Reply:
+            return Reply(kind, text, lang, d.confidence, intent_id=intent_id, regime=regime,
+                         suggestions=suggestions or [], candidates=candidates, kb_version=kb.version)
+
         if d.kind == "faq" and d.entry is not None:
             regime = d.entry.regime.value if d.entry.regime else None
-            return Reply("faq", kb.answer(d.entry, lang, today), intent_id=d.entry.id, regime=regime, **base)
+            return reply("faq", kb.answer(d.entry, lang, today), d.entry.id, regime)
         if d.kind == "clarify":
             suggestions = [
                 Suggestion(e.id, e.question_en if lang == "en" else e.question_vi, e.regime.value if e.regime else None)
                 for e in d.options
             ]
-            return Reply("clarify", clarify_text(d.options, lang), suggestions=suggestions, **base)
+            return reply("clarify", clarify_text(d.options, lang), suggestions=suggestions)
         if d.entry is not None:  # smalltalk, handover, or a recognised out-of-scope topic
-            return Reply(d.kind, kb.answer(d.entry, lang, today), intent_id=d.entry.id, **base)
-        return Reply("fallback", fallback_text(lang), **base)
+            return reply(d.kind, kb.answer(d.entry, lang, today), d.entry.id)
+        return reply("fallback", fallback_text(lang))
 
 
 def timed_reply(bot: Bot, text: str, lang: str | None = None) -> tuple[Reply, float]:

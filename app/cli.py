@@ -222,11 +222,11 @@ def cmd_kb_import(args: argparse.Namespace, settings: Settings) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         print(f"vssbot kb import: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
-    incoming, problems = from_csv(text)
-    for p in problems:
-        print(f"{args.file}: {p}")
-    if problems:
-        print(f"{len(problems)} problem(s); nothing imported", file=sys.stderr)
+    incoming, sheet_problems = from_csv(text)
+    for sp in sheet_problems:
+        print(f"{args.file}: {sp}")
+    if sheet_problems:
+        print(f"{len(sheet_problems)} problem(s); nothing imported", file=sys.stderr)
         return 1
     d = diff(kb.entries, incoming)
     print(d.render())

@@ -185,7 +185,6 @@ class Matcher:
         return fits * wins
 
     def decide(self, text: str, lang: str | None = None) -> Decision:
-        cfg = self.config
         detected = self.language(text)
         candidates, coverage = self.rank(normalize(text, lang=detected))
         return self.decide_ranked(candidates, coverage, lang or detected)

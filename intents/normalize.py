@@ -78,7 +78,7 @@ _DK_CONDITION_NEXT = {"huong", "hưởng", "rut", "rút", "nhan", "nhận", "de"
 FILLERS_TONED = {
     "ạ", "à", "ơi", "nhé", "nha", "nhá", "vậy", "thì", "ạk", "hả", "nhỉ", "ấy", "đó", "đấy",
     "admin", "mình", "em", "anh", "chị", "tôi", "bạn", "cho", "hỏi", "xin", "giúp", "với", "dạ",
-    "vâng", "làm", "ơn", "rồi", "ạ", "cái", "luôn", "này", "kia", "mọi", "người", "ấy",
+    "vâng", "làm", "ơn", "rồi", "cái", "luôn", "này", "kia", "mọi", "người",
 }
 FILLERS_ASCII = {"oi", "nhe", "nha", "a", "ah", "ha", "nhi", "da", "vang", "admin", "ad"}
 

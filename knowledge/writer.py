@@ -65,7 +65,7 @@ def render_file(regime: Regime | None, entries: list[Entry]) -> str:
 
 def _unquote_dates(text: str) -> str:
     """Dates were dumped as quoted ISO strings: unquote them so they read back as dates."""
-    lines = []
+    lines: list[str] = []
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("checked: '") and stripped.endswith("'"):

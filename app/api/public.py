@@ -74,7 +74,8 @@ async def ask(body: AskRequest, services: ServicesDep) -> AskResponse:
     assert handled is not None  # web events carry no platform id, so they are never duplicates
     r = handled.reply
     return AskResponse(
-        kind=r.kind, intent_id=r.intent_id, regime=r.regime, confidence=r.confidence, answer=r.text,
+        kind=r.kind,  # type: ignore[arg-type]  # one of the five kinds by construction
+        intent_id=r.intent_id, regime=r.regime, confidence=r.confidence, answer=r.text,
         suggestions=[SuggestionOut(intent_id=s.intent_id, question=s.question, regime=s.regime) for s in r.suggestions],
         message_id=handled.reply_id,
     )

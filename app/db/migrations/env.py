@@ -7,7 +7,7 @@ from sqlalchemy import create_engine
 from app.db.models import Base
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url")
+url = config.get_main_option("sqlalchemy.url") or ""
 
 
 def run_offline() -> None:
