@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -110,6 +111,39 @@ class Bot:
             kind, kb.answer(entry, lang, today), lang, 1.0, intent_id=entry.id, regime=regime,
             candidates=[{"intent_id": entry.id, "regime": regime, "chosen": True}], kb_version=kb.version,
         )
+
+    def media_only(self, lang: str | None = None) -> Reply:
+        lang = lang or "vi"
+        text = (
+            "Sorry, I can read text messages only. Please type your question (and do not send photos of ID documents)."
+            if lang == "en"
+            else "Xin lỗi, mình chỉ đọc được tin nhắn chữ. Bạn hãy gõ câu hỏi nhé (và đừng gửi ảnh giấy tờ tùy thân)."
+        )
+        return Reply("fallback", text, lang, 0.0, kb_version=self.kb.version)
+
+    def command(
+        self, command: tuple[str, str], text: str, lang: str | None, reply_id: str,
+        feedback: Callable[[str, bool], bool],
+    ) -> Reply:
+        """The reply to a button: the menu, a topic, an offered option, feedback, a person."""
+        name, arg = command
+        kb = self.kb
+        lang = lang or "vi"
+        if name == "CHOOSE":
+            return self.chosen(arg, text, lang)
+        if name == "MENU":
+            overview = kb.by_id.get(f"{arg}.overview")
+            if overview is not None:
+                return self.chosen(overview.id, text, lang)
+        if name == "FEEDBACK":
+            verdict, _, message_id = arg.partition(":")
+            feedback(message_id, verdict == "up")
+            thanks = "Thank you for your feedback!" if lang == "en" else "Cảm ơn bạn đã đánh giá!"
+            return Reply("smalltalk", thanks, lang, 1.0, kb_version=kb.version)
+        target = "handover.human" if name == "HUMAN" else "smalltalk.greeting"
+        if target in kb.by_id:
+            return self.chosen(target, text, lang)
+        return Reply("fallback", fallback_text(lang), lang, 0.0, kb_version=kb.version)
 
     def compose(self, d: Decision, kb: KnowledgeBase, today: date | None = None) -> Reply:
         lang = d.lang

@@ -38,6 +38,27 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import signal
+
+    services = _services(settings)
+    dispatcher = services.dispatcher
+    if dispatcher is None or not dispatcher.senders:
+        print("vssbot worker: no channel is configured (see the VSSBOT_MESSENGER_* / VSSBOT_ZALO_* settings)", file=sys.stderr)
+        return 1
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await dispatcher.run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
 def _ask_one(services: Any, text: str, lang: str | None, session: str) -> dict[str, Any]:
     from webhooks.base import InboundEvent
 
@@ -269,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="default VSSBOT_HOST or 127.0.0.1")
     s.add_argument("--port", type=int, help="default VSSBOT_PORT or 8000")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("worker", help="send queued channel replies (the outbox) without serving HTTP")
+    s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("chat", help="talk to the bot in the terminal")
     s.add_argument("--lang", choices=["vi", "en"], help="reply language (default: detected)")

@@ -9,6 +9,10 @@ import structlog
 
 def setup_logging(level: str = "INFO", json: bool = False) -> None:
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s", force=True)
+    # httpx logs every request URL at INFO, and the Graph API takes the page token in the query
+    # string: never let a token reach the logs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer(ensure_ascii=False) if json else structlog.dev.ConsoleRenderer(colors=False)
     )

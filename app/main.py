@@ -1,6 +1,7 @@
 """The FastAPI application: public API, chat page, health."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from app.api.public import router as public_router
+from app.api.webhooks import router as webhook_router
 from app.logging import setup_logging
 from app.services import Services, build_services
 from app.settings import Settings, get_settings
@@ -25,15 +27,22 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
-        app.state.services = services or build_services(settings)
+        svc = app.state.services = services or build_services(settings)
+        stop = asyncio.Event()
+        task = asyncio.create_task(svc.dispatcher.run(stop)) if svc.dispatcher and svc.dispatcher.senders else None
         try:
             yield
         finally:
+            stop.set()
+            if task is not None:
+                svc.dispatcher.wake.set()
+                await task
             if owned:
-                app.state.services.close()
+                svc.close()
 
     app = FastAPI(title="vssbot", version="0.1.0", lifespan=lifespan)
     app.include_router(public_router)
+    app.include_router(webhook_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

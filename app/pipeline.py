@@ -1,10 +1,10 @@
-"""One inbound event → stored, answered, reply stored: all in one transaction."""
+"""One inbound event → stored, answered, reply stored (and queued for its channel): one transaction."""
 from __future__ import annotations
 
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import select
@@ -12,7 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.bot import Bot, Reply
-from app.db.models import Conversation, Feedback, Message, Person, utcnow
+from app.db.models import Conversation, Feedback, Message, Outbox, Person, as_utc, new_id, utcnow
+from app.replies import command_of, options_for
 from webhooks.base import InboundEvent
 
 log = structlog.get_logger(__name__)
@@ -20,6 +21,9 @@ log = structlog.get_logger(__name__)
 # NUL and other control characters: PostgreSQL refuses NUL in text, and none of them mean anything.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
 CONVERSATION_IDLE = timedelta(hours=24)
+# Channels whose replies go out through a platform's send API (the web and CLI answer inline).
+SENDING_CHANNELS = {"messenger", "zalo"}
+OWN_ECHO_WINDOW = timedelta(seconds=15)
 
 
 def clean_text(text: str, limit: int) -> str:
@@ -28,59 +32,118 @@ def clean_text(text: str, limit: int) -> str:
 
 @dataclass(frozen=True)
 class Handled:
-    reply: Reply
+    reply: Reply | None  # None: the bot stays quiet (a person has taken the conversation over)
     inbound_id: str
-    reply_id: str
+    reply_id: str | None
     conversation_id: int
 
 
 class Pipeline:
     """Composes the bot and the conversation log; channels call `handle`."""
 
-    def __init__(self, bot: Bot, sessions: sessionmaker[Session], match_chars: int = 600, store_chars: int = 10000):
+    def __init__(
+        self, bot: Bot, sessions: sessionmaker[Session], match_chars: int = 600, store_chars: int = 10000,
+        handover: timedelta = timedelta(hours=24),
+    ):
         self.bot = bot
         self.sessions = sessions
         self.match_chars = match_chars
         self.store_chars = store_chars
+        self.handover = handover
+
+    def _answer(self, event: InboundEvent, text: str, reply_id: str) -> Reply | None:
+        """The bot's reply to one event (None: nothing to say, e.g. an echo)."""
+        if event.kind == "echo":
+            return None
+        command = command_of(event)
+        if command is not None:
+            return self.bot.command(command, text, event.lang, reply_id, self.feedback)
+        if event.kind == "attachment":
+            return self.bot.media_only(event.lang)
+        if event.kind in ("follow", "chatnow"):
+            return self.bot.command(("GET_STARTED", ""), text, event.lang, reply_id, self.feedback)
+        if event.kind == "choice" and event.payload:
+            return self.bot.chosen(event.payload, text, event.lang)
+        return self.bot.reply(text[: self.match_chars], event.lang)
 
     def handle(self, event: InboundEvent) -> Handled | None:
         """Answer and log one event; None if this event was already handled (a retry)."""
         start = time.perf_counter()
-        text = clean_text(event.text or "", self.store_chars)
-        if event.kind == "choice" and event.payload:
-            reply = self.bot.chosen(event.payload, text, event.lang)
-        else:
-            reply = self.bot.reply(text[: self.match_chars], event.lang)
+        text = clean_text(event.text or event.payload or "", self.store_chars)
+        reply_id = new_id()
+        reply = self._answer(event, text, reply_id)
         latency_ms = (time.perf_counter() - start) * 1000
         try:
             with self.sessions() as session, session.begin():
-                conversation = self._conversation(session, event, reply.lang)
+                lang = reply.lang if reply else (event.lang or "vi")
+                conversation = self._conversation(session, event, lang)
                 inbound = Message(
                     conversation_id=conversation.id, direction="in", channel=event.channel,
-                    external_id=event.event_id, text=text, lang=reply.lang,
+                    external_id=event.event_id, text=text or f"[{event.kind}]", lang=lang,
+                    kind="echo" if event.kind == "echo" else None,
                 )
                 session.add(inbound)
                 session.flush()  # a retried delivery fails here, on the unique event id
-                outbound = Message(
-                    conversation_id=conversation.id, direction="out", channel=event.channel,
-                    reply_to_id=inbound.id, text=reply.text, lang=reply.lang, kind=reply.kind,
-                    entry_id=reply.intent_id, regime=reply.regime, confidence=reply.confidence,
-                    candidates=reply.candidates, kb_version=reply.kb_version, latency_ms=round(latency_ms, 3),
-                )
-                session.add(outbound)
-                conversation.last_message_at = utcnow()
-                session.flush()
-                handled = Handled(reply, inbound.id, outbound.id, conversation.id)
+                now = utcnow()
+                if event.kind == "echo":
+                    # a person answered from the Page inbox / OA Manager: the bot steps back
+                    # (unless the echo is of the bot's own reply: Zalo echoes those too)
+                    if not self._own_echo(session, event, now):
+                        self._pause(conversation, now)
+                    reply = None
+                elif event.extra.get("standby") == "true":
+                    reply = None  # another app (the Page inbox) owns the thread: keep, do not answer
+                elif conversation.state == "human" and conversation.paused_until and as_utc(conversation.paused_until) > now:
+                    reply = None  # a person has this conversation: stay quiet, keep the message
+                elif reply is not None and reply.kind == "handover":
+                    self._pause(conversation, now)
+                if reply is not None:
+                    outbound = Message(
+                        id=reply_id, conversation_id=conversation.id, direction="out", channel=event.channel,
+                        reply_to_id=inbound.id, text=reply.text, lang=reply.lang, kind=reply.kind,
+                        entry_id=reply.intent_id, regime=reply.regime, confidence=reply.confidence,
+                        candidates=reply.candidates, kb_version=reply.kb_version, latency_ms=round(latency_ms, 3),
+                    )
+                    session.add(outbound)
+                    session.flush()
+                    if event.channel in SENDING_CHANNELS:
+                        opts = [{"title": o.title, "payload": o.payload} for o in options_for(reply, reply_id)]
+                        session.add(Outbox(message_id=reply_id, channel=event.channel, recipient=event.user_id,
+                                           payload={"text": reply.text, "options": opts, "lang": reply.lang}))
+                conversation.last_message_at = now
+                handled = Handled(reply, inbound.id, reply_id if reply else None, conversation.id)
         except IntegrityError:
             if event.event_id is None:
                 raise
             log.info("duplicate_event", channel=event.channel, event_id=event.event_id)
             return None
         log.info(
-            "answered", channel=event.channel, kind=reply.kind, intent=reply.intent_id,
-            confidence=reply.confidence, latency_ms=round(latency_ms, 2), message_id=handled.reply_id,
+            "answered" if reply else "stored", channel=event.channel, kind=reply.kind if reply else event.kind,
+            intent=reply.intent_id if reply else None, confidence=reply.confidence if reply else None,
+            latency_ms=round(latency_ms, 2), message_id=handled.reply_id,
         )
         return handled
+
+    @staticmethod
+    def _own_echo(session: Session, event: InboundEvent, now: datetime) -> bool:
+        """An echo of a message the bot sent: its platform id is on an outbox row, or the bot
+        sent this person something in the last seconds (the echo can outrun the send's answer)."""
+        for row in session.execute(
+            select(Outbox.platform_message_id, Outbox.sent_at, Outbox.status)
+            .where(Outbox.channel == event.channel, Outbox.recipient == event.user_id)
+            .order_by(Outbox.id.desc())
+            .limit(20)
+        ):
+            ids = (row.platform_message_id or "").split(",")
+            if event.event_id and event.event_id in ids:
+                return True
+            if row.status == "sending" or (row.sent_at and as_utc(row.sent_at) > now - OWN_ECHO_WINDOW):
+                return True
+        return False
+
+    def _pause(self, conversation: Conversation, now: datetime) -> None:
+        conversation.state = "human"
+        conversation.paused_until = now + self.handover
 
     def _conversation(self, session: Session, event: InboundEvent, lang: str) -> Conversation:
         person = session.scalar(
@@ -98,11 +161,20 @@ class Pipeline:
             .order_by(Conversation.last_message_at.desc())
             .limit(1)
         )
-        if conversation is None or _aware(conversation.last_message_at) < now - CONVERSATION_IDLE:
+        if conversation is None or as_utc(conversation.last_message_at) < now - CONVERSATION_IDLE:
             conversation = Conversation(person_id=person.id, channel=event.channel)
             session.add(conversation)
             session.flush()
         return conversation
+
+    def release(self, conversation_id: int) -> bool:
+        """Staff hand the conversation back to the bot."""
+        with self.sessions() as session, session.begin():
+            conversation = session.get(Conversation, conversation_id)
+            if conversation is None:
+                return False
+            conversation.state, conversation.paused_until = "bot", None
+        return True
 
     def feedback(self, message_id: str, helpful: bool, comment: str | None = None) -> bool:
         """Record (or replace) feedback on a bot reply; False if there is no such reply."""
@@ -117,7 +189,3 @@ class Pipeline:
                 existing.helpful, existing.comment, existing.created_at = helpful, comment, utcnow()
         return True
 
-
-def _aware(dt: datetime) -> datetime:
-    """SQLite returns naive datetimes for timezone-aware columns: read them as UTC."""
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)

@@ -23,6 +23,30 @@ class Settings(BaseSettings):
     match_chars: int = Field(600, description="a longer message is matched on its first this many characters")
     default_lang: str = "vi"
 
+    # Channels: a channel without its settings is disabled (its webhook answers 404).
+    messenger_verify_token: str | None = None
+    messenger_app_secret: str | None = None
+    messenger_page_token: str | None = None
+    messenger_api_base: str = "https://graph.facebook.com/v25.0"
+    zalo_app_id: str | None = None
+    zalo_app_secret: str | None = None
+    zalo_oa_secret: str | None = None
+    zalo_access_token: str | None = Field(None, description="initial value; the database holds the current one")
+    zalo_refresh_token: str | None = Field(None, description="initial value; the database holds the current one")
+    zalo_api_base: str = "https://openapi.zalo.me"
+    zalo_oauth_base: str = "https://oauth.zaloapp.com"
+    max_body_bytes: int = Field(256 * 1024, description="largest webhook body accepted")
+    handover_minutes: int = Field(60 * 24, description="how long the bot stays quiet after a person takes over")
+    dispatch_interval: float = Field(0.2, description="seconds between outbox polls when idle")
+
+    @property
+    def messenger_enabled(self) -> bool:
+        return bool(self.messenger_verify_token and self.messenger_app_secret and self.messenger_page_token)
+
+    @property
+    def zalo_enabled(self) -> bool:
+        return bool(self.zalo_app_id and self.zalo_app_secret and self.zalo_oa_secret and self.zalo_refresh_token)
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -13,8 +13,41 @@ class InboundEvent:
     user_id: str  # the platform's id of the person (a session id on the web)
     text: str
     event_id: str | None = None  # the platform's message id: a retried delivery repeats it
-    kind: str = "text"  # text | choice (an offered option, `payload` = entry id) | postback | attachment
+    # text | choice (an offered option on the web, `payload` = entry id) | postback (a button or quick
+    # reply: `payload`) | attachment | follow | chatnow (Zalo: show the welcome) | echo (the page/OA
+    # itself sent a message: a person took over, unless the bot sent it)
+    kind: str = "text"
     payload: str | None = None
     lang: str | None = None  # asked-for reply language, if the person chose one
     sent_at: datetime | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A button or quick reply offered with a message: what it shows and what it sends back."""
+
+    title: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """A reply as the outbox hands it to a channel's `send`, whatever the platform."""
+
+    channel: str
+    user_id: str
+    text: str
+    options: tuple[Option, ...] = ()
+    lang: str = "vi"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a platform said to a send: delivered, worth retrying, or given up (with why)."""
+
+    ok: bool
+    retryable: bool = False
+    error: str | None = None  # the platform's error code and message, for the outbox record
+    platform_message_id: str | None = None
+    token_expired: bool = False  # Zalo -216 / -220: refresh the access token, then retry

@@ -104,8 +104,15 @@ async def healthz(services: ServicesDep, response: Response) -> dict[str, object
     if db != "ok":
         response.status_code = 503
     kb = services.bot.kb
+    s = services.settings
+    channels: dict[str, object] = {"messenger": {"enabled": s.messenger_enabled}, "zalo": {"enabled": s.zalo_enabled}}
+    if services.zalo_tokens is not None and db == "ok":
+        row = await run_in_threadpool(services.zalo_tokens.current)
+        channels["zalo"] = {"enabled": True, "token_error": row.last_error if row else None,
+                            "token_expires_at": row.expires_at.isoformat() if row and row.expires_at else None}
     return {
         "status": "ok" if db == "ok" else "degraded",
         "database": db,
         "knowledge": {"version": kb.version, "entries": len(kb.faq_entries())},
+        "channels": channels,
     }

@@ -13,6 +13,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def as_utc(dt: datetime) -> datetime:
+    """SQLite returns naive datetimes for timezone-aware columns: read them as UTC."""
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -46,6 +51,7 @@ class Conversation(Base):
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), index=True)
     channel: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16), default="bot")  # bot | human
+    paused_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # human takeover
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_message_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
@@ -98,3 +104,41 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     message: Mapped[Message] = relationship(back_populates="feedback")
+
+
+class Outbox(Base):
+    """A reply waiting to go out through a platform's send API, and what became of it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("message_id", name="uq_outbox_message"),
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(16))
+    recipient: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # text, options, lang
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    platform_message_id: Mapped[str | None] = mapped_column(String(128))
+
+
+class ChannelToken(Base):
+    """A platform's current tokens (Zalo's access token expires; its refresh token is single-use)."""
+
+    __tablename__ = "channel_tokens"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    access_token: Mapped[str | None] = mapped_column(Text)
+    refresh_token: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    refreshing_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # single-flight lease
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

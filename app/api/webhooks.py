@@ -1,0 +1,99 @@
+"""Webhook routes: Messenger and Zalo deliveries → verified → parsed → pipeline → 200.
+
+The reply is stored in the outbox in the same transaction as the event; the dispatcher sends it,
+so the platform gets its 200 fast. A channel without its settings is disabled: 404.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.api.public import get_services
+from app.services import Services
+from webhooks import messenger, zalo
+from webhooks.base import InboundEvent
+
+log = structlog.get_logger(__name__)
+router = APIRouter()
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(status_code=413, detail="body too large")
+    raw = await request.body()
+    if len(raw) > limit:
+        raise HTTPException(status_code=413, detail="body too large")
+    return raw
+
+
+async def _handle_all(services: Services, events: list[InboundEvent]) -> int:
+    handled = 0
+    for event in events:
+        if await run_in_threadpool(services.pipeline.handle, event) is not None:
+            handled += 1
+    if handled and services.dispatcher is not None:
+        services.dispatcher.wake.set()
+    return handled
+
+
+@router.get("/webhooks/messenger", response_class=PlainTextResponse)
+async def messenger_handshake(
+    services: ServicesDep,
+    mode: Annotated[str | None, Query(alias="hub.mode")] = None,
+    token: Annotated[str | None, Query(alias="hub.verify_token")] = None,
+    challenge: Annotated[str | None, Query(alias="hub.challenge")] = None,
+) -> str:
+    s = services.settings
+    if not s.messenger_enabled:
+        raise HTTPException(status_code=404, detail="the Messenger channel is not configured")
+    answer = messenger.handshake(mode, token, challenge, s.messenger_verify_token or "")
+    if answer is None:
+        raise HTTPException(status_code=403, detail="verification failed")
+    return answer
+
+
+@router.post("/webhooks/messenger")
+async def messenger_delivery(request: Request, services: ServicesDep) -> dict[str, str]:
+    s = services.settings
+    if not s.messenger_enabled:
+        raise HTTPException(status_code=404, detail="the Messenger channel is not configured")
+    raw = await _body(request, s.max_body_bytes)
+    if not messenger.verify(raw, request.headers, s.messenger_app_secret or ""):
+        log.warning("messenger_bad_signature", bytes=len(raw))
+        raise HTTPException(status_code=403, detail="bad or missing X-Hub-Signature-256")
+    try:
+        events = messenger.parse(raw)
+    except ValueError as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    handled = await _handle_all(services, events)
+    log.info("messenger_delivery", events=len(events), handled=handled)
+    return {"status": "EVENT_RECEIVED"}
+
+
+@router.post("/webhooks/zalo")
+async def zalo_delivery(request: Request, services: ServicesDep) -> dict[str, str]:
+    s = services.settings
+    if not s.zalo_enabled:
+        raise HTTPException(status_code=404, detail="the Zalo channel is not configured")
+    raw = await _body(request, s.max_body_bytes)
+    if zalo.is_probe(raw):
+        return {"status": "ok"}  # the unsigned test Zalo sends when the webhook URL is saved
+    if not zalo.verify(s.zalo_app_id or "", s.zalo_oa_secret or "", raw, request.headers.get("x-zevent-signature")):
+        log.warning("zalo_bad_signature", bytes=len(raw))
+        raise HTTPException(status_code=403, detail="bad or missing X-ZEvent-Signature")
+    try:
+        events = zalo.parse(raw)
+    except zalo.UnsupportedEvent as exc:
+        log.info("zalo_event_ignored", reason=str(exc))
+        return {"status": "ignored"}  # an event we do not handle: 200, or Zalo retries it for hours
+    except ValueError as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    handled = await _handle_all(services, events)
+    log.info("zalo_delivery", events=len(events), handled=handled)
+    return {"status": "ok"}
