@@ -38,6 +38,41 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_messenger_setup_profile(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    import httpx
+
+    from app.replies import menu
+    from webhooks.messenger import profile_payload
+
+    if not settings.messenger_page_token:
+        print("vssbot messenger setup-profile: set VSSBOT_MESSENGER_PAGE_TOKEN first", file=sys.stderr)
+        return 2
+    greeting = {
+        "default": "Xin chào {{user_first_name}}! Trợ lý tự động của BHXH Việt Nam giải đáp về BHXH, BHYT, "
+                   "bảo hiểm thất nghiệp. Hotline 1900 9068.",
+        "en_US": "Hello {{user_first_name}}! The automatic assistant of Vietnam Social Security answers questions "
+                 "on social, health and unemployment insurance. Hotline 1900 9068.",
+    }
+    body = profile_payload(greeting, {"default": menu("vi"), "en_US": menu("en")})
+    if args.dry_run:
+        print(json.dumps(body, ensure_ascii=False, indent=2))
+        return 0
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(timeout=15) as client:
+            return await client.post(f"{settings.messenger_api_base}/me/messenger_profile",
+                                     params={"access_token": settings.messenger_page_token}, json=body)
+
+    resp = asyncio.run(post())
+    if resp.status_code != 200:
+        print(f"vssbot messenger setup-profile: the Graph API answered {resp.status_code}: {resp.text[:300]}", file=sys.stderr)
+        return 1
+    print("Get Started button, greeting and persistent menu are set")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import signal
@@ -290,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="default VSSBOT_HOST or 127.0.0.1")
     s.add_argument("--port", type=int, help="default VSSBOT_PORT or 8000")
     s.set_defaults(func=cmd_serve)
+
+    ms = sub.add_parser("messenger", help="Messenger Page tools").add_subparsers(dest="messenger_command", required=True, metavar="MESSENGER_COMMAND")
+    s = ms.add_parser("setup-profile", help="set the Page's Get Started button, greeting and persistent menu")
+    s.add_argument("--dry-run", action="store_true", help="print the request body instead of sending it")
+    s.set_defaults(func=cmd_messenger_setup_profile)
 
     s = sub.add_parser("worker", help="send queued channel replies (the outbox) without serving HTTP")
     s.set_defaults(func=cmd_worker)

@@ -38,6 +38,8 @@ class Platform:
         self.oauth: list[dict[str, str]] = []
         self.fail_next: list[tuple[int, dict[str, Any]]] = []  # (status, body) answers to give first
         self.zalo_token = "zalo-access-new"
+        self.profile: list[dict[str, Any]] = []
+        self.oauth_delay = 0.0
         platform = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,7 +57,12 @@ class Platform:
             def do_POST(self) -> None:  # noqa: N802
                 url = urllib.parse.urlparse(self.path)
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if url.path == "/oauth/v4/oa/access_token" and platform.oauth_delay:
+                    time.sleep(platform.oauth_delay)  # a slow refresh: the window a race needs
                 with platform.lock:
+                    if url.path == "/graph/me/messenger_profile":
+                        platform.profile.append({"token": urllib.parse.parse_qs(url.query).get("access_token"), "body": json.loads(raw)})
+                        return self._json(200, {"result": "success"})
                     if url.path == "/graph/me/messages":
                         if platform.fail_next:
                             return self._json(*platform.fail_next.pop(0))
@@ -270,3 +277,67 @@ def test_a_channel_without_settings_is_disabled(live_server) -> None:  # type: i
     assert httpx.post(live_server.url + "/webhooks/zalo", content=b"{}").status_code == 404
     health = httpx.get(live_server.url + "/healthz").json()
     assert health["channels"] == {"messenger": {"enabled": False}, "zalo": {"enabled": False}}
+
+
+def test_two_processes_racing_to_refresh_the_zalo_token_refresh_once(platform: Platform, database_url: str, bot: Bot) -> None:
+    import asyncio
+
+    from app.tokens import ZaloTokens
+
+    settings = Settings(database_url=database_url, zalo_app_id=ZALO_APP, zalo_app_secret=ZALO_SECRET,
+                        zalo_oa_secret=OA_SECRET, zalo_access_token="old", zalo_refresh_token="refresh-1",
+                        zalo_api_base=platform.url + "/zalo", zalo_oauth_base=platform.url + "/oauth")
+    one, two = build_services(settings, bot=bot), build_services(settings, bot=bot)  # two engines, one database
+    platform.oauth_delay = 0.5
+    results: list[str] = []
+
+    def refresh(tokens: ZaloTokens) -> None:
+        async def go() -> str:
+            async with httpx.AsyncClient() as client:
+                return await tokens.refresh(client, "old")
+        results.append(asyncio.run(go()))
+
+    assert one.zalo_tokens is not None and two.zalo_tokens is not None
+    threads = [threading.Thread(target=refresh, args=(t,)) for t in (one.zalo_tokens, two.zalo_tokens)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [platform.zalo_token, platform.zalo_token]
+    assert len(platform.oauth) == 1
+    one.close()
+    two.close()
+
+
+def test_a_failed_refresh_is_visible_in_healthz(platform: Platform, database_url: str, bot: Bot) -> None:
+    settings = Settings(database_url=database_url, zalo_app_id=ZALO_APP, zalo_app_secret=ZALO_SECRET,
+                        zalo_oa_secret=OA_SECRET, zalo_access_token="old", zalo_refresh_token="refresh-1",
+                        zalo_api_base=platform.url + "/zalo", zalo_oauth_base=platform.url + "/no-such-oauth",
+                        dispatch_interval=0.05)
+    services = build_services(settings, bot=bot)
+    with LiveServer(services) as live:
+        zalo_post(live.url, "z9", "zm9", "bhyt hộ gia đình đóng bao nhiêu")
+        health = wait_for(lambda: httpx.get(live.url + "/healthz").json()["channels"]["zalo"].get("token_error"), 15)
+        assert health and "refresh" in health
+        assert not platform.zalo
+    services.close()
+
+
+def test_setup_profile_sets_get_started_greeting_and_menu(platform: Platform, tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "VSSBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}", "VSSBOT_MESSENGER_PAGE_TOKEN": PAGE_TOKEN,
+           "VSSBOT_MESSENGER_API_BASE": platform.url + "/graph"}
+    vssbot = str(Path(sys.executable).parent / "vssbot")
+    proc = subprocess.run([vssbot, "messenger", "setup-profile"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (call,) = platform.profile
+    assert call["token"] == [PAGE_TOKEN]
+    body = call["body"]
+    assert body["get_started"] == {"payload": "GET_STARTED"}
+    assert {g["locale"] for g in body["greeting"]} == {"default", "en_US"}
+    default_menu = next(m for m in body["persistent_menu"] if m["locale"] == "default")["call_to_actions"]
+    assert 1 < len(default_menu) <= 20 and {"type": "postback", "title": "Thai sản", "payload": "MENU:maternity"} in default_menu
