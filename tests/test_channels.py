@@ -182,6 +182,7 @@ def test_transient_send_failures_are_retried_and_permanent_ones_recorded(server,
     platform.fail_next = [(500, {"error": {"message": "temporary", "code": 2}})] * 2
     messenger_post(live.url, [text_event("u3", "m_3", "trợ cấp thất nghiệp được bao nhiêu")])
     assert wait_for(lambda: platform.sent_to("u3"), 15)
+    assert wait_for(lambda: count(services, Outbox, Outbox.status == "sent") == 1)  # recorded after the send
     with services.sessions() as s:
         row = s.scalar(select(Outbox))
         assert row is not None and row.status == "sent" and row.attempts == 3
