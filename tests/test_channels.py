@@ -342,3 +342,33 @@ def test_setup_profile_sets_get_started_greeting_and_menu(platform: Platform, tm
     assert {g["locale"] for g in body["greeting"]} == {"default", "en_US"}
     default_menu = next(m for m in body["persistent_menu"] if m["locale"] == "default")["call_to_actions"]
     assert 1 < len(default_menu) <= 20 and {"type": "postback", "title": "Thai sản", "payload": "MENU:maternity"} in default_menu
+
+
+def test_oversized_and_unknown_deliveries(server, platform: Platform) -> None:  # type: ignore[no-untyped-def]
+    live, services = server
+    big = b'{"object":"page","entry":[' + b" " * (300 * 1024) + b"]}"
+    assert httpx.post(live.url + "/webhooks/messenger", content=big).status_code == 413
+    raw = json.dumps({"object": "instagram", "entry": []}).encode()
+    sig = "sha256=" + hmac.new(APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    ignored = httpx.post(live.url + "/webhooks/messenger", content=raw, headers={"X-Hub-Signature-256": sig})
+    assert ignored.status_code == 200 and ignored.json() == {"status": "ignored"}  # Meta would retry a 4xx
+    assert count(services, Message) == 0
+
+
+def test_zalo_echo_of_the_bots_own_reply_does_not_pause_it(server, platform: Platform) -> None:  # type: ignore[no-untyped-def]
+    live, services = server
+    zalo_post(live.url, "z5", "zm5", "bảo hiểm thất nghiệp được bao nhiêu tiền")
+    assert wait_for(lambda: count(services, Outbox, Outbox.status == "sent") == 1, 15)
+    with services.sessions() as s:
+        sent_id = s.scalar(select(Outbox.platform_message_id))
+    ts = "1732500000001"
+    obj = {"app_id": ZALO_APP, "event_name": "oa_send_text", "timestamp": ts, "sender": {"id": OA_ID},
+           "recipient": {"id": "z5"}, "message": {"msg_id": sent_id, "text": "..."}}
+    raw = json.dumps(obj, separators=(",", ":")).encode()
+    mac = hashlib.sha256(ZALO_APP.encode() + raw + ts.encode() + OA_SECRET.encode()).hexdigest()
+    assert httpx.post(live.url + "/webhooks/zalo", content=raw, headers={"X-ZEvent-Signature": "mac=" + mac}).status_code == 200
+    zalo_post(live.url, "z5", "zm6", "thẻ bhyt bị mất thì làm lại ở đâu")
+    assert wait_for(lambda: len(platform.zalo) == 2, 15)
+    with services.sessions() as s:
+        conv = s.scalar(select(Conversation).where(Conversation.channel == "zalo"))
+        assert conv is not None and conv.state == "bot"

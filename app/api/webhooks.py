@@ -5,6 +5,7 @@ so the platform gets its 200 fast. A channel without its settings is disabled: 4
 """
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import structlog
@@ -30,6 +31,15 @@ async def _body(request: Request, limit: int) -> bytes:
     if len(raw) > limit:
         raise HTTPException(status_code=413, detail="body too large")
     return raw
+
+
+def _json_or_400(raw: bytes) -> None:
+    """Malformed JSON is a 400; valid JSON of a shape we do not handle is acknowledged and
+    ignored instead (a platform retries anything but a 200, for hours)."""
+    try:
+        json.loads(raw)
+    except ValueError as exc:
+        raise HTTPException(status_code=400, detail=f"malformed JSON: {exc}") from exc
 
 
 async def _handle_all(services: Services, events: list[InboundEvent]) -> int:
@@ -67,10 +77,12 @@ async def messenger_delivery(request: Request, services: ServicesDep) -> dict[st
     if not messenger.verify(raw, request.headers, s.messenger_app_secret or ""):
         log.warning("messenger_bad_signature", bytes=len(raw))
         raise HTTPException(status_code=403, detail="bad or missing X-Hub-Signature-256")
+    _json_or_400(raw)
     try:
         events = messenger.parse(raw)
     except ValueError as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from exc
+        log.warning("messenger_delivery_ignored", reason=str(exc))
+        return {"status": "ignored"}
     handled = await _handle_all(services, events)
     log.info("messenger_delivery", events=len(events), handled=handled)
     return {"status": "EVENT_RECEIVED"}
@@ -87,13 +99,12 @@ async def zalo_delivery(request: Request, services: ServicesDep) -> dict[str, st
     if not zalo.verify(s.zalo_app_id or "", s.zalo_oa_secret or "", raw, request.headers.get("x-zevent-signature")):
         log.warning("zalo_bad_signature", bytes=len(raw))
         raise HTTPException(status_code=403, detail="bad or missing X-ZEvent-Signature")
+    _json_or_400(raw)
     try:
         events = zalo.parse(raw)
-    except zalo.UnsupportedEvent as exc:
+    except ValueError as exc:  # UnsupportedEvent included: an event we do not handle
         log.info("zalo_event_ignored", reason=str(exc))
-        return {"status": "ignored"}  # an event we do not handle: 200, or Zalo retries it for hours
-    except ValueError as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from exc
+        return {"status": "ignored"}
     handled = await _handle_all(services, events)
     log.info("zalo_delivery", events=len(events), handled=handled)
     return {"status": "ok"}
