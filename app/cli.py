@@ -14,6 +14,9 @@ from app.settings import Settings, get_settings
 
 def _reply_dict(handled: Any) -> dict[str, Any]:
     r = handled.reply
+    if r is None:  # the conversation is with a person: the bot says nothing
+        return {"kind": "handover", "intent_id": None, "regime": None, "confidence": 0.0, "answer": "",
+                "suggestions": [], "message_id": None}
     return {
         "kind": r.kind, "intent_id": r.intent_id, "regime": r.regime, "confidence": r.confidence,
         "answer": r.text,

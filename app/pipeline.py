@@ -24,6 +24,9 @@ CONVERSATION_IDLE = timedelta(hours=24)
 # Channels whose replies go out through a platform's send API (the web and CLI answer inline).
 SENDING_CHANNELS = {"messenger", "zalo"}
 OWN_ECHO_WINDOW = timedelta(seconds=15)
+# Where staff can answer a person themselves (Page inbox, OA Manager), a request for a person
+# pauses the bot; on the web page and the CLI nobody could answer yet, so the bot stays.
+TAKEOVER_CHANNELS = SENDING_CHANNELS
 
 
 def clean_text(text: str, limit: int) -> str:
@@ -95,7 +98,7 @@ class Pipeline:
                     reply = None  # another app (the Page inbox) owns the thread: keep, do not answer
                 elif conversation.state == "human" and conversation.paused_until and as_utc(conversation.paused_until) > now:
                     reply = None  # a person has this conversation: stay quiet, keep the message
-                elif reply is not None and reply.kind == "handover":
+                elif reply is not None and reply.kind == "handover" and event.channel in TAKEOVER_CHANNELS:
                     self._pause(conversation, now)
                 if reply is not None:
                     outbound = Message(

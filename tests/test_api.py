@@ -141,3 +141,10 @@ def test_healthz_is_503_when_the_database_is_down(services: Services) -> None:
         r = httpx.get(server.url + "/healthz", timeout=10)
         assert r.status_code == 503
         assert r.json()["status"] == "degraded" and r.json()["database"].startswith("error")
+
+
+def test_asking_for_a_person_on_the_web_keeps_the_bot_answering(live_server) -> None:  # type: ignore[no-untyped-def]
+    assert ask(live_server, text="cho mình gặp nhân viên tư vấn", session_id="s-3").json()["kind"] == "handover"
+    data = ask(live_server, text="nghỉ thai sản được mấy tháng", session_id="s-3").json()
+    check_contract(data)
+    assert data["kind"] == "faq"

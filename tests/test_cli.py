@@ -39,6 +39,8 @@ def test_ask_jsonl_answers_every_line_in_order_and_survives_bad_lines(env: dict[
         json.dumps({"text": "x" * 10000}),
         json.dumps({"text": "\u0000\u0001 🤖🤖"}),
         json.dumps({"text": "How much is the unemployment benefit?", "lang": "en"}),
+        json.dumps({"text": "tôi muốn nói chuyện với nhân viên"}, ensure_ascii=False),
+        json.dumps({"text": "nghỉ thai sản được mấy tháng"}, ensure_ascii=False),
     ]
     proc = run(env, "ask", "--jsonl", "-", stdin="\n".join(lines) + "\n")
     assert proc.returncode == 0, proc.stderr
@@ -51,6 +53,9 @@ def test_ask_jsonl_answers_every_line_in_order_and_survives_bad_lines(env: dict[
     assert replies[5]["kind"] in ("fallback", "clarify")
     assert replies[6]["kind"] == "fallback"
     assert replies[7]["kind"] == "faq" and replies[7]["regime"] == "unemployment"
+    # a request for a person does not silence the CLI (nobody could answer there)
+    assert replies[8]["kind"] == "handover" and replies[8]["answer"]
+    assert replies[9]["kind"] == "faq" and replies[9]["regime"] == "maternity"
 
 
 def test_ask_one_question_as_json(env: dict[str, str]) -> None:
