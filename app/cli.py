@@ -76,6 +76,15 @@ def cmd_messenger_setup_profile(args: argparse.Namespace, settings: Settings) ->
     return 0
 
 
+def cmd_release(args: argparse.Namespace, settings: Settings) -> int:
+    services = _services(settings)
+    if not services.pipeline.release(args.conversation_id):
+        print(f"vssbot release: no conversation {args.conversation_id}", file=sys.stderr)
+        return 1
+    print(f"conversation {args.conversation_id} is back with the bot")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
     import signal
@@ -333,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = ms.add_parser("setup-profile", help="set the Page's Get Started button, greeting and persistent menu")
     s.add_argument("--dry-run", action="store_true", help="print the request body instead of sending it")
     s.set_defaults(func=cmd_messenger_setup_profile)
+
+    s = sub.add_parser("release", help="hand a conversation a person took over back to the bot")
+    s.add_argument("conversation_id", type=int, help="the conversation's number (conversations.id)")
+    s.set_defaults(func=cmd_release)
 
     s = sub.add_parser("worker", help="send queued channel replies (the outbox) without serving HTTP")
     s.set_defaults(func=cmd_worker)

@@ -82,6 +82,8 @@ class Dispatcher:
                 return
             current.attempts += 1
             current.lease_until = None
+            if result.parts_sent > (current.payload or {}).get("parts_sent", 0):
+                current.payload = {**(current.payload or {}), "parts_sent": result.parts_sent}
             if result.ok:
                 current.status, current.sent_at = "sent", now
                 current.platform_message_id = result.platform_message_id
@@ -103,7 +105,7 @@ class Dispatcher:
             msg = OutboundMessage(
                 channel=row.channel, user_id=row.recipient, text=payload.get("text", ""),
                 options=tuple(Option(o["title"], o["payload"]) for o in payload.get("options", [])),
-                lang=payload.get("lang", "vi"),
+                lang=payload.get("lang", "vi"), skip_parts=int(payload.get("parts_sent", 0)),
             )
             try:
                 result = await self.senders[row.channel](client, msg)

@@ -4,6 +4,7 @@ refresh token is committed before the new access token is used, so a crash canno
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import httpx
@@ -114,6 +115,6 @@ class ZaloTokens:
             try:
                 token = await self.refresh(client, token)
             except Exception as exc:  # noqa: BLE001
-                return SendResult(ok=False, retryable=True, error=f"token refresh: {exc}")
-            result = await zalo.send(client, base, token, msg)
+                return SendResult(ok=False, retryable=True, error=f"token refresh: {exc}", parts_sent=result.parts_sent)
+            result = await zalo.send(client, base, token, replace(msg, skip_parts=max(msg.skip_parts, result.parts_sent)))
         return result

@@ -96,3 +96,23 @@ def test_eval_prints_accuracy_by_style_and_regime(env: dict[str, str], tmp_path:
     assert "cases=4 right=0.750" in proc.stdout
     assert "c4" in proc.stdout  # the miss is listed
     assert run(env, "eval", str(cases), "--min-score", "0.9").returncode == 1
+
+
+def test_release_hands_a_conversation_back_to_the_bot(env: dict[str, str]) -> None:
+    from sqlalchemy import select
+
+    from app.db.models import Conversation
+    from app.services import build_services
+    from app.settings import Settings
+    from webhooks.base import InboundEvent
+
+    services = build_services(Settings(database_url=env["VSSBOT_DATABASE_URL"]))
+    handled = services.pipeline.handle(InboundEvent("messenger", "p1", "cho em gặp nhân viên", event_id="m1"))
+    assert handled is not None and handled.reply is not None and handled.reply.kind == "handover"
+    proc = run(env, "release", str(handled.conversation_id))
+    assert proc.returncode == 0, proc.stderr
+    with services.sessions() as s:
+        conv = s.scalar(select(Conversation))
+        assert conv is not None and conv.state == "bot" and conv.paused_until is None
+    assert run(env, "release", "999").returncode == 1
+    services.close()

@@ -1,6 +1,8 @@
 """The Messenger adapter against the signed samples of channels.md Part E and a fake Graph API on loopback."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import asyncio
 import copy
 import hashlib
@@ -472,7 +474,7 @@ def reply(text: str, *options: Option) -> OutboundMessage:
 
 def test_send_one_text(graph: FakeGraph) -> None:
     result = send(graph.url, reply("Dạ, mức đóng BHXH tự nguyện là 22% thu nhập."))
-    assert result == SendResult(ok=True, platform_message_id="m_sent_1")
+    assert result == SendResult(ok=True, platform_message_id="m_sent_1", parts_sent=1)
     [req] = graph.requests
     assert req.path == "/v25.0/me/messages"
     assert req.query == {"access_token": [TOKEN]}
@@ -617,6 +619,14 @@ def test_send_stops_at_the_first_failed_part_and_says_how_far_it_got(graph: Fake
     assert len(graph.requests) == 2
     assert result.ok is False and result.retryable is True
     assert (result.error or "").startswith("after 1 of 2 parts: messenger 2: boom")
+    assert result.parts_sent == 1
+    # the retry resumes at the part that failed: the first is never sent twice
+    graph.answer(("json", 200, {"message_id": "m_2"}))
+    again = send(graph.url, replace(reply(text, Option("Khác", "OTHER")), skip_parts=result.parts_sent))
+    assert again.ok and again.parts_sent == 2
+    assert len(graph.requests) == 3
+    assert graph.requests[2].body["message"]["text"] == graph.requests[1].body["message"]["text"]
+    assert "quick_replies" in graph.requests[2].body["message"]
 
 
 @pytest.mark.parametrize(
@@ -637,7 +647,7 @@ def test_send_odd_error_bodies_are_classified_not_raised(graph: FakeGraph, statu
 
 def test_send_success_without_a_message_id(graph: FakeGraph) -> None:
     graph.answer(("json", 200, "OK"))
-    assert send(graph.url, reply("xin chào")) == SendResult(ok=True, platform_message_id=None)
+    assert send(graph.url, reply("xin chào")) == SendResult(ok=True, platform_message_id=None, parts_sent=1)
 
 
 def test_send_never_puts_the_token_in_an_error(graph: FakeGraph) -> None:

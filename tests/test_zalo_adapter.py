@@ -397,7 +397,7 @@ def bodies(platform: Platform) -> list[dict[str, Any]]:
 
 def test_a_reply_is_one_consultation_message(platform: Platform) -> None:
     result = run_send(platform, reply("Dạ, mức hưởng là 75% mức bình quân tiền lương."), token="oa_access_1")
-    assert result == SendResult(ok=True, platform_message_id="z_sent_1")
+    assert result == SendResult(ok=True, platform_message_id="z_sent_1", parts_sent=1)
     [req] = platform.requests
     assert req["path"] == "/zalo/v3.0/oa/message/cs"
     assert req["headers"]["access_token"] == "oa_access_1"
@@ -433,7 +433,7 @@ def test_long_text_is_split_at_sentences_with_the_buttons_on_the_last_part(platf
     text = sentence * 40  # about 3,400 characters
     result = run_send(platform, reply(text, Option("Lương hưu", "old_age.pension")))
     parts = bodies(platform)
-    assert result == SendResult(ok=True, platform_message_id="z_sent_1,z_sent_2")
+    assert result == SendResult(ok=True, platform_message_id="z_sent_1,z_sent_2", parts_sent=2)
     assert len(parts) == 2 and all(p["recipient"] == {"user_id": USER} for p in parts)
     texts = [p["message"]["text"] for p in parts]
     assert all(0 < len(t) <= 2000 and t.endswith("tháng.") for t in texts)

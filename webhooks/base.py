@@ -40,6 +40,7 @@ class OutboundMessage:
     text: str
     options: tuple[Option, ...] = ()
     lang: str = "vi"
+    skip_parts: int = 0  # a long text goes out in parts: those already delivered by an earlier try
 
 
 @dataclass(frozen=True)
@@ -51,3 +52,4 @@ class SendResult:
     error: str | None = None  # the platform's error code and message, for the outbox record
     platform_message_id: str | None = None
     token_expired: bool = False  # Zalo -216 / -220: refresh the access token, then retry
+    parts_sent: int = 0  # parts of the text delivered so far (skipped ones included)

@@ -1,11 +1,13 @@
 """Facebook Messenger (Page bot) adapter: verify webhooks, parse them into InboundEvents, send replies."""
 from __future__ import annotations
 
+
 import hashlib
 import hmac
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -328,18 +330,20 @@ async def send(client: httpx.AsyncClient, base_url: str, token: str, msg: Outbou
     url = f"{base_url.rstrip('/')}/me/messages"
     message_id: str | None = None
     for number, part in enumerate(parts, start=1):
+        if number <= msg.skip_parts:
+            continue  # delivered by an earlier try: never send a part twice
         message: dict[str, Any] = {"text": part, "metadata": ECHO_METADATA}
         if number == len(parts) and msg.options:
             message["quick_replies"] = _quick_replies(msg.options)
         body = {"recipient": {"id": msg.user_id}, "messaging_type": "RESPONSE", "message": message}
         result = await _post(client, url, token, body)
         if not result.ok:
-            if number > 1:  # the outbox should know a retry repeats the parts already delivered
+            if number > 1:  # the outbox keeps the count, so that a retry resumes at this part
                 done = f"after {number - 1} of {len(parts)} parts"
                 result = SendResult(ok=False, retryable=result.retryable, error=f"{done}: {result.error}")
-            return result
+            return replace(result, parts_sent=number - 1)
         message_id = result.platform_message_id
-    return SendResult(ok=True, platform_message_id=message_id)
+    return SendResult(ok=True, platform_message_id=message_id, parts_sent=len(parts))
 
 
 async def _post(client: httpx.AsyncClient, url: str, token: str, body: dict[str, Any]) -> SendResult:

@@ -388,6 +388,8 @@ async def send(client: httpx.AsyncClient, base_url: str, token: str, msg: Outbou
     url = base_url.rstrip("/") + "/v3.0/oa/message/cs"
     sent: list[str] = []
     for i, part in enumerate(parts, 1):
+        if i <= msg.skip_parts:
+            continue  # delivered by an earlier try: never send a part twice
         message: dict[str, Any] = {} if part is None else {"text": part}
         if i == len(parts) and msg.options:
             message["attachment"] = _buttons(msg.options)
@@ -395,13 +397,13 @@ async def send(client: httpx.AsyncClient, base_url: str, token: str, msg: Outbou
         if not result.ok:
             if len(parts) == 1:
                 return result
-            # Earlier parts were delivered: say so, a retry of the whole message repeats them.
+            # Earlier parts were delivered: the outbox keeps the count and a retry resumes here.
             return SendResult(ok=False, retryable=result.retryable, token_expired=result.token_expired,
                               error=f"part {i}/{len(parts)} ({len(sent)} sent): {result.error}",
-                              platform_message_id=",".join(sent) or None)
+                              platform_message_id=",".join(sent) or None, parts_sent=i - 1)
         if result.platform_message_id:
             sent.append(result.platform_message_id)
-    return SendResult(ok=True, platform_message_id=",".join(sent) or None)
+    return SendResult(ok=True, platform_message_id=",".join(sent) or None, parts_sent=len(parts))
 
 
 # --- tokens ------------------------------------------------------------------------------------------
