@@ -52,7 +52,7 @@ class ZaloTokens:
             return await self.refresh(client, row.access_token)
         return row.access_token
 
-    def _take_lease(self, stale: str | None) -> bool:
+    def _take_lease(self) -> bool:
         now = utcnow()
         with self.sessions() as session, session.begin():
             result = session.execute(
@@ -71,11 +71,14 @@ class ZaloTokens:
             row.expires_at = utcnow() + timedelta(seconds=expires_in)
             row.refreshing_until, row.last_error, row.updated_at = None, None, utcnow()
 
-    def _fail(self, error: str) -> None:
+    def _fail(self, error: str | None) -> None:
+        """Give the lease back, recording why (None: nothing went wrong, there was nothing to do)."""
         with self.sessions() as session, session.begin():
             row = session.get(ChannelToken, CHANNEL)
             if row is not None:
-                row.refreshing_until, row.last_error, row.updated_at = None, error, utcnow()
+                row.refreshing_until, row.updated_at = None, utcnow()
+                if error is not None:
+                    row.last_error = error
 
     async def refresh(self, client: httpx.AsyncClient, stale: str | None) -> str:
         """A fresh access token: refreshed here, or by another process that holds the lease."""
@@ -83,13 +86,19 @@ class ZaloTokens:
             row = await asyncio.to_thread(self.current)
             if row is not None and row.access_token and row.access_token != stale:
                 return row.access_token  # someone refreshed while we waited
-            if not await asyncio.to_thread(self._take_lease, stale):
+            if not await asyncio.to_thread(self._take_lease):
                 for _ in range(60):  # another process is refreshing: wait for its result
                     await asyncio.sleep(0.5)
                     row = await asyncio.to_thread(self.current)
                     if row is not None and row.access_token != stale and not row.refreshing_until:
                         return row.access_token or ""
                 raise zalo.ZaloTokenError("another process holds the refresh lease and did not finish")
+            # re-read under the lease: another process may have refreshed since we looked, and
+            # its refresh consumed the token we read (a refresh token works once)
+            row = await asyncio.to_thread(self.current)
+            if row is not None and row.access_token and row.access_token != stale:
+                await asyncio.to_thread(self._fail, None)
+                return row.access_token
             refresh_token = row.refresh_token if row else self.settings.zalo_refresh_token
             s = self.settings
             try:
