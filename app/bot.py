@@ -39,7 +39,7 @@ class Reply:
 
 
 def _topics(lang: str) -> str:
-    names = [REGIME_NAMES[r][0 if lang == "vi" else 1] for r in Regime]
+    names = [REGIME_NAMES[r].vi if lang == "vi" else REGIME_NAMES[r].en for r in Regime]
     return ", ".join(names)
 
 

@@ -10,23 +10,11 @@ from __future__ import annotations
 import re
 
 from app.bot import Reply
-from knowledge.schema import Regime
+from knowledge.schema import REGIME_NAMES
 from webhooks.base import InboundEvent, Option
 
 COMMAND = re.compile(r"^(GET_STARTED|HUMAN|MENU|CHOOSE|FEEDBACK)(?::([\w.:-]{1,120}))?$")
 
-MENU_TITLES: dict[Regime, tuple[str, str]] = {
-    Regime.sickness: ("Ốm đau", "Sickness"),
-    Regime.maternity: ("Thai sản", "Maternity"),
-    Regime.work_injury: ("TNLĐ, bệnh NN", "Work injury"),
-    Regime.survivor: ("Tử tuất", "Survivors"),
-    Regime.old_age: ("Hưu trí, rút 1 lần", "Pension"),
-    Regime.unemployment: ("Thất nghiệp", "Unemployment"),
-    Regime.health_insurance: ("Bảo hiểm y tế", "Health insurance"),
-    Regime.certificate_of_coverage: ("Người nước ngoài", "Foreign workers"),
-    Regime.voluntary: ("BHXH tự nguyện", "Voluntary SI"),
-    Regime.general: ("Thông tin chung", "General"),
-}
 
 
 def command_of(event: InboundEvent) -> tuple[str, str] | None:
@@ -44,8 +32,10 @@ def _human(lang: str) -> Option:
 
 
 def menu(lang: str) -> list[Option]:
-    i = 1 if lang == "en" else 0
-    return [Option(titles[i], f"MENU:{regime.value}") for regime, titles in MENU_TITLES.items()] + [_human(lang)]
+    return [
+        Option(name.short_en if lang == "en" else name.short_vi, f"MENU:{regime.value}")
+        for regime, name in REGIME_NAMES.items()
+    ] + [_human(lang)]
 
 
 def options_for(reply: Reply, reply_id: str) -> list[Option]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from datetime import date
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -28,17 +28,26 @@ class Regime(StrEnum):
     general = "general"
 
 
-REGIME_NAMES: dict[Regime, tuple[str, str]] = {
-    Regime.sickness: ("Chế độ ốm đau", "Sickness"),
-    Regime.maternity: ("Chế độ thai sản", "Maternity"),
-    Regime.work_injury: ("Tai nạn lao động, bệnh nghề nghiệp", "Work injury and occupational disease"),
-    Regime.survivor: ("Chế độ tử tuất", "Survivor's benefits"),
-    Regime.old_age: ("Chế độ hưu trí", "Old-age pension"),
-    Regime.unemployment: ("Bảo hiểm thất nghiệp", "Unemployment insurance"),
-    Regime.health_insurance: ("Bảo hiểm y tế", "Health insurance"),
-    Regime.certificate_of_coverage: ("Hiệp định BHXH, người nước ngoài", "Certificate of coverage"),
-    Regime.voluntary: ("BHXH tự nguyện", "Voluntary social insurance"),
-    Regime.general: ("Thông tin chung", "General matters"),
+class RegimeName(NamedTuple):
+    vi: str
+    en: str
+    short_vi: str  # for a button (at most 20 characters)
+    short_en: str
+
+
+REGIME_NAMES: dict[Regime, RegimeName] = {
+    Regime.sickness: RegimeName("Chế độ ốm đau", "Sickness", "Ốm đau", "Sickness"),
+    Regime.maternity: RegimeName("Chế độ thai sản", "Maternity", "Thai sản", "Maternity"),
+    Regime.work_injury: RegimeName("Tai nạn lao động, bệnh nghề nghiệp", "Work injury and occupational disease",
+                                   "TNLĐ, bệnh NN", "Work injury"),
+    Regime.survivor: RegimeName("Chế độ tử tuất", "Survivor's benefits", "Tử tuất", "Survivors"),
+    Regime.old_age: RegimeName("Chế độ hưu trí", "Old-age pension", "Hưu trí, rút 1 lần", "Pension"),
+    Regime.unemployment: RegimeName("Bảo hiểm thất nghiệp", "Unemployment insurance", "Thất nghiệp", "Unemployment"),
+    Regime.health_insurance: RegimeName("Bảo hiểm y tế", "Health insurance", "Bảo hiểm y tế", "Health insurance"),
+    Regime.certificate_of_coverage: RegimeName("Hiệp định BHXH, người nước ngoài", "Certificate of coverage",
+                                               "Người nước ngoài", "Foreign workers"),
+    Regime.voluntary: RegimeName("BHXH tự nguyện", "Voluntary social insurance", "BHXH tự nguyện", "Voluntary SI"),
+    Regime.general: RegimeName("Thông tin chung", "General matters", "Thông tin chung", "General"),
 }
 
 # faq: an answer about a regime. The others are conversational intents that carry no regime:

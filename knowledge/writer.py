@@ -56,7 +56,7 @@ def render_file(regime: Regime | None, entries: list[Entry]) -> str:
         head = "# Conversational intents: small talk, requests for a person, out-of-scope topics.\n"
         body: dict[str, Any] = {"entries": [_entry_dict(e) for e in entries]}
     else:
-        vi, en = REGIME_NAMES[regime]
+        vi, en = REGIME_NAMES[regime].vi, REGIME_NAMES[regime].en
         head = f"# {vi} — {en}. One entry per question people ask; see knowledge/README.md.\n"
         body = {"regime": regime.value, "entries": [_entry_dict(e) for e in entries]}
     text = yaml.dump(body, Dumper=_Dumper, allow_unicode=True, sort_keys=False, width=4096, indent=2)
