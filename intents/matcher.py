@@ -1,9 +1,11 @@
 """Message → ranked entries → a decision: answer (faq), offer options (clarify), or say so.
 
-Scoring (matching.md §4.4): a weighted sum of normalised signals, not rank fusion: BM25 in the
-fold space, character-trigram cosine, and rapidfuzz token ratios against the candidates' own
-phrasings. Confidence is a logistic function of the best score and its margin over the next
-entry, so that a confident wrong answer (the worst outcome) is traded for a clarification.
+Scoring (matching.md §4.4): a weighted sum of normalised signals, not rank fusion: BM25 over
+each phrasing (fold space, and the toned space when the message has diacritics) and over each
+entry's whole vocabulary, character-trigram cosine, how much of the phrasing the message covers,
+and rapidfuzz ratios against the candidates' best phrasings. Confidence (see MatcherConfig) needs
+both a good fit and a clear lead over the next entry, so that a confident wrong answer (the worst
+outcome) is traded for a clarification. The numbers come from `vssbot tune tests/eval`.
 """
 from __future__ import annotations
 
