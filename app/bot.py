@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -169,9 +168,3 @@ class Bot:
         if d.entry is not None:  # smalltalk, handover, or a recognised out-of-scope topic
             return reply(d.kind, kb.answer(d.entry, lang, today), d.entry.id)
         return reply("fallback", fallback_text(lang))
-
-
-def timed_reply(bot: Bot, text: str, lang: str | None = None) -> tuple[Reply, float]:
-    start = time.perf_counter()
-    reply = bot.reply(text, lang)
-    return reply, (time.perf_counter() - start) * 1000

@@ -212,7 +212,7 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
 
     bot = Bot(settings.knowledge_dir)
     cases = load_cases([Path(p) for p in args.files])
-    current = {k: v for k, v in asdict(bot.matcher.config).items()}
+    current = asdict(bot.matcher.config)
     print(f"tuning on {len(cases)} cases (this takes a minute)...", file=sys.stderr)
     trials = grid_search(bot, cases)
     top = best(trials, args.max_wrong)

@@ -4,20 +4,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+import httpx
+import structlog
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-import httpx
-import structlog
-
 from app.bot import Bot
+from app.db.session import make_engine, make_sessionmaker, upgrade
 from app.outbox import Dispatcher, Sender
+from app.pipeline import Pipeline
+from app.settings import Settings
 from app.tokens import ZaloTokens
 from webhooks import messenger
 from webhooks.base import OutboundMessage, SendResult
-from app.db.session import make_engine, make_sessionmaker, upgrade
-from app.pipeline import Pipeline
-from app.settings import Settings
 
 
 log = structlog.get_logger(__name__)

@@ -21,7 +21,6 @@ class Settings(BaseSettings):
     log_json: bool = Field(False, description="JSON log lines (for production) instead of console lines")
     max_text_chars: int = Field(4000, description="longest message the ask API accepts")
     match_chars: int = Field(600, description="a longer message is matched on its first this many characters")
-    default_lang: str = "vi"
 
     # Channels: a channel without its settings is disabled (its webhook answers 404).
     messenger_verify_token: str | None = None

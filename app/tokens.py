@@ -71,7 +71,7 @@ class ZaloTokens:
             row.expires_at = utcnow() + timedelta(seconds=expires_in)
             row.refreshing_until, row.last_error, row.updated_at = None, None, utcnow()
 
-    def _fail(self, error: str | None) -> None:
+    def _release(self, error: str | None) -> None:
         """Give the lease back, recording why (None: nothing went wrong, there was nothing to do)."""
         with self.sessions() as session, session.begin():
             row = session.get(ChannelToken, CHANNEL)
@@ -97,7 +97,7 @@ class ZaloTokens:
             # its refresh consumed the token we read (a refresh token works once)
             row = await asyncio.to_thread(self.current)
             if row is not None and row.access_token and row.access_token != stale:
-                await asyncio.to_thread(self._fail, None)
+                await asyncio.to_thread(self._release, None)
                 return row.access_token
             refresh_token = row.refresh_token if row else self.settings.zalo_refresh_token
             s = self.settings
@@ -105,7 +105,7 @@ class ZaloTokens:
                 access, new_refresh, expires_in = await zalo.refresh_access_token(
                     client, s.zalo_oauth_base, s.zalo_app_id or "", s.zalo_app_secret or "", refresh_token or "")
             except Exception as exc:
-                await asyncio.to_thread(self._fail, f"{type(exc).__name__}: {exc}")
+                await asyncio.to_thread(self._release, f"{type(exc).__name__}: {exc}")
                 log.error("zalo_token_refresh_failed", error=str(exc))
                 raise
             await asyncio.to_thread(self._save, access, new_refresh, expires_in)

@@ -1,11 +1,13 @@
 """The search index, built once from the knowledge base: every phrasing is a row pointing to its entry.
 
-Two lexical signals in the diacritic-free fold space (matching.md §4, §6):
+Lexical signals (matching.md §4, §6):
 - BM25 over syllable unigrams and bigrams, normalised by the query's total idf, so that a score
   near 1 means "every distinctive word of the message is in this phrasing" and words the index
-  has never seen pull the score down (what keeps out-of-domain messages out);
+  has never seen pull the score down (what keeps out-of-domain messages out): per phrasing in the
+  diacritic-free fold space and in the toned space, and per entry over all its phrasings;
+- how much of each phrasing's idf mass the message covers;
 - TF-IDF cosine over character trigrams, which absorbs typos and missing spaces ("1lan").
-Postings are numpy arrays, so a query costs a few array additions per term.
+Postings are numpy arrays summed with one `bincount`, so a query costs a few array operations.
 """
 from __future__ import annotations
 
@@ -46,7 +48,6 @@ class Row:
     lang: str  # "vi" or "en": which list the phrasing came from
     key: str  # fold key, for the fuzzy features
     text: str  # the phrasing as written
-    terms: frozenset[str]  # word terms, for how much of the phrasing a message covers
 
 
 class _Postings:
@@ -88,7 +89,7 @@ class Index:
                     continue
                 seen.add(norm.fold_key)
                 terms = word_terms(norm)
-                self.rows.append(Row(i, lang, norm.fold_key, text, frozenset(terms)))
+                self.rows.append(Row(i, lang, norm.fold_key, text))
                 word_docs.append(terms)
                 toned_docs.append(toned_terms(norm))
                 entry_docs[i].extend(terms)
@@ -112,7 +113,7 @@ class Index:
         # One document an entry (all phrasings and keywords): a message whose words are spread
         # over several phrasings of the same entry still finds it.
         self.entry_words = self._build_bm25([sorted(set(d)) for d in entry_docs])
-        row_idf = np.asarray([sum(self.words.idf[t] for t in r.terms) for r in self.rows], dtype=np.float64)
+        row_idf = np.asarray([sum(self.words.idf[t] for t in set(d)) for d in word_docs], dtype=np.float64)
         self._inv_row_idf = np.divide(1.0, row_idf, out=np.zeros_like(row_idf), where=row_idf > 0).astype(np.float32)
 
     def _build_bm25(self, docs: list[list[str]]) -> _Postings:
@@ -151,21 +152,21 @@ class Index:
         p.freeze(acc, idf)
         return p
 
-    def bm25(self, norm: Normalized) -> tuple[np.ndarray, float]:
-        """Per-row BM25 ÷ the query's total idf (unknown words at the highest idf), and the
-        share of the query's idf mass that the index knows at all (its coverage)."""
-        return _bm25(self.words, self.size, set(word_terms(norm)))
+    def bm25(self, terms: set[str]) -> tuple[np.ndarray, float]:
+        """Per-row BM25 of a message's word terms ÷ their total idf (unknown words at the highest
+        idf), and the share of that idf mass the index knows at all (its coverage)."""
+        return _bm25(self.words, self.size, terms)
 
     def toned_bm25(self, norm: Normalized) -> np.ndarray:
         return _bm25(self.toned, self.size, set(toned_terms(norm)))[0]
 
-    def entry_bm25(self, norm: Normalized) -> np.ndarray:
+    def entry_bm25(self, terms: set[str]) -> np.ndarray:
         """Per-entry BM25 over each entry's whole vocabulary, ÷ the query's total idf."""
-        return _bm25(self.entry_words, len(self.entries), set(word_terms(norm)))[0]
+        return _bm25(self.entry_words, len(self.entries), terms)[0]
 
     def row_coverages(self, query_terms: set[str]) -> np.ndarray:
-        """`row_coverage` of every row at once: the idf of each query term the index knows,
-        summed over the rows that contain it (its postings), ÷ each row's own idf mass."""
+        """Each row's share of its own idf mass that the message's terms cover: the idf of each
+        query term the index knows, summed over the rows that contain it (its postings)."""
         known = [t for t in query_terms if t in self.words.idf]
         if not known:
             return np.zeros(self.size, dtype=np.float32)

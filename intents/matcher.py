@@ -85,7 +85,7 @@ def _sigmoid(x: float) -> float:
 
 
 class Matcher:
-    """Built once from the knowledge base's entries; `rebuild` after a reload."""
+    """Built once from the knowledge base's entries (a reload builds a new one: app.bot.Bot)."""
 
     def __init__(self, entries: list[Entry], config: MatcherConfig | None = None):
         self.config = config or MatcherConfig()
@@ -110,11 +110,12 @@ class Matcher:
         cfg = self.config
         if not norm.fold or self.index.size == 0:
             return [], 0.0
-        bm25, coverage = self.index.bm25(norm)
+        terms = set(word_terms(norm))  # once: BM25, entry BM25 and coverage all use them
+        bm25, coverage = self.index.bm25(terms)
         if norm.toned != norm.fold:  # the message has diacritics: let the toned space have a say
             bm25 = (1 - cfg.toned_share) * bm25 + cfg.toned_share * self.index.toned_bm25(norm)
         char, common = self.index.char_cosine_split(norm)
-        entry_bm25 = self.index.entry_bm25(norm)
+        entry_bm25 = self.index.entry_bm25(terms)
         lexical = cfg.w_bm25 * bm25 + cfg.w_char * char + cfg.w_entry * entry_bm25[self.index.row_entry]
         if exclude:
             lexical[list(exclude)] = -1.0
@@ -135,7 +136,7 @@ class Matcher:
         query = norm.fold_key
         exact_row = self._row_by_key.get(query)
         exact_entry = int(self.index.row_entry[exact_row]) if exact_row is not None and exact_row not in exclude else -1
-        cover = self.index.row_coverages(set(word_terms(norm)))
+        cover = self.index.row_coverages(terms)
         # The fuzzy features refine: they look at each candidate entry's best few phrasings of
         # the pool (by lexical score), scored by rapidfuzz in two C calls.
         by_entry: dict[int, list[int]] = {e: [] for e in best_row}

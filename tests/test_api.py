@@ -148,3 +148,13 @@ def test_asking_for_a_person_on_the_web_keeps_the_bot_answering(live_server) -> 
     data = ask(live_server, text="nghỉ thai sản được mấy tháng", session_id="s-3").json()
     check_contract(data)
     assert data["kind"] == "faq"
+
+
+def test_the_text_limit_comes_from_the_settings(services: Services) -> None:
+    from tests.conftest import LiveServer
+
+    services.settings.max_text_chars = 50
+    with LiveServer(services) as server:
+        assert ask(server, text="x" * 51).status_code == 422
+        assert "at most 50 characters" in ask(server, text="x" * 51).text
+        assert ask(server, text="nghỉ thai sản được mấy tháng").status_code == 200

@@ -12,8 +12,6 @@ from starlette.concurrency import run_in_threadpool
 from app.services import Services
 from webhooks.base import InboundEvent
 
-MAX_TEXT_CHARS = 4000
-
 router = APIRouter()
 
 
@@ -25,7 +23,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 class AskRequest(BaseModel):
-    text: str = Field(max_length=MAX_TEXT_CHARS, description="the person's message")
+    text: str = Field(description="the person's message (at most VSSBOT_MAX_TEXT_CHARS characters)")
     session_id: str | None = Field(None, max_length=128, description="keeps one conversation across calls")
     lang: Literal["vi", "en"] | None = Field(None, description="reply language; detected when absent")
     intent_id: str | None = Field(
@@ -64,6 +62,9 @@ class FeedbackRequest(BaseModel):
 
 @router.post("/api/v1/ask", response_model=AskResponse)
 async def ask(body: AskRequest, services: ServicesDep) -> AskResponse:
+    limit = services.settings.max_text_chars
+    if len(body.text) > limit:
+        raise HTTPException(status_code=422, detail=f"text: String should have at most {limit} characters")
     if body.intent_id is not None and body.intent_id not in services.bot.kb.by_id:
         raise HTTPException(status_code=422, detail=f"unknown intent_id {body.intent_id!r}")
     event = InboundEvent(

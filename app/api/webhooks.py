@@ -6,6 +6,7 @@ so the platform gets its 200 fast. A channel without its settings is disabled: 4
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated
 
 import structlog
@@ -33,23 +34,27 @@ async def _body(request: Request, limit: int) -> bytes:
     return raw
 
 
-def _json_or_400(raw: bytes) -> None:
-    """Malformed JSON is a 400; valid JSON of a shape we do not handle is acknowledged and
-    ignored instead (a platform retries anything but a 200, for hours)."""
+async def _ingest(services: Services, channel: str, raw: bytes, parse: Callable[[bytes], list[InboundEvent]]) -> bool:
+    """A verified delivery: every event through the pipeline; False if it was not for us.
+    Malformed JSON is a 400; valid JSON of a shape we do not handle is acknowledged and ignored
+    (a platform retries anything but a 200, for hours)."""
     try:
         json.loads(raw)
     except ValueError as exc:
         raise HTTPException(status_code=400, detail=f"malformed JSON: {exc}") from exc
-
-
-async def _handle_all(services: Services, events: list[InboundEvent]) -> int:
+    try:
+        events = parse(raw)
+    except ValueError as exc:  # zalo.UnsupportedEvent included
+        log.info("delivery_ignored", channel=channel, reason=str(exc))
+        return False
     handled = 0
     for event in events:
         if await run_in_threadpool(services.pipeline.handle, event) is not None:
             handled += 1
     if handled and services.dispatcher is not None:
         services.dispatcher.wake.set()
-    return handled
+    log.info("delivery", channel=channel, events=len(events), handled=handled)
+    return True
 
 
 @router.get("/webhooks/messenger", response_class=PlainTextResponse)
@@ -77,15 +82,7 @@ async def messenger_delivery(request: Request, services: ServicesDep) -> dict[st
     if not messenger.verify(raw, request.headers, s.messenger_app_secret or ""):
         log.warning("messenger_bad_signature", bytes=len(raw))
         raise HTTPException(status_code=403, detail="bad or missing X-Hub-Signature-256")
-    _json_or_400(raw)
-    try:
-        events = messenger.parse(raw)
-    except ValueError as exc:
-        log.warning("messenger_delivery_ignored", reason=str(exc))
-        return {"status": "ignored"}
-    handled = await _handle_all(services, events)
-    log.info("messenger_delivery", events=len(events), handled=handled)
-    return {"status": "EVENT_RECEIVED"}
+    return {"status": "EVENT_RECEIVED" if await _ingest(services, "messenger", raw, messenger.parse) else "ignored"}
 
 
 @router.post("/webhooks/zalo")
@@ -99,12 +96,4 @@ async def zalo_delivery(request: Request, services: ServicesDep) -> dict[str, st
     if not zalo.verify(s.zalo_app_id or "", s.zalo_oa_secret or "", raw, request.headers.get("x-zevent-signature")):
         log.warning("zalo_bad_signature", bytes=len(raw))
         raise HTTPException(status_code=403, detail="bad or missing X-ZEvent-Signature")
-    _json_or_400(raw)
-    try:
-        events = zalo.parse(raw)
-    except ValueError as exc:  # UnsupportedEvent included: an event we do not handle
-        log.info("zalo_event_ignored", reason=str(exc))
-        return {"status": "ignored"}
-    handled = await _handle_all(services, events)
-    log.info("zalo_delivery", events=len(events), handled=handled)
-    return {"status": "ok"}
+    return {"status": "ok" if await _ingest(services, "zalo", raw, zalo.parse) else "ignored"}
