@@ -329,6 +329,80 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _read_password(args: argparse.Namespace) -> str:
+    """From stdin with --password-stdin (one line), else asked twice at the terminal."""
+    import getpass
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != first:
+        raise SystemExit("vssbot users: the two passwords differ; nothing changed")
+    return first
+
+
+def _db_session(settings: Settings):  # type: ignore[no-untyped-def]
+    from app.db.session import make_engine, make_sessionmaker, upgrade
+
+    upgrade(settings.database_url)
+    return make_sessionmaker(make_engine(settings.database_url))()
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
+    from app.console.accounts import AccountError, create_user
+
+    password = _read_password(args)
+    with _db_session(settings) as db:
+        try:
+            create_user(db, args.username, args.role, password, _cli_actor())
+        except AccountError as exc:
+            print(f"vssbot users create: {exc}", file=sys.stderr)
+            return 2
+        db.commit()
+    print(f"created {args.username.strip().lower()} ({args.role}); log in at /admin")
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from app.db.models import StaffUser
+
+    with _db_session(settings) as db:
+        for u in db.scalars(select(StaffUser).order_by(StaffUser.username)):
+            print(f"{u.username}\t{u.role}\t{'active' if u.active else 'disabled'}")
+    return 0
+
+
+def cmd_users_set(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from app.console.accounts import AccountError, update_user
+    from app.db.models import StaffUser
+
+    with _db_session(settings) as db:
+        user = db.scalar(select(StaffUser).where(StaffUser.username == args.username.strip().lower()))
+        if user is None:
+            print(f"vssbot users set: no account {args.username!r}", file=sys.stderr)
+            return 2
+        password = _read_password(args) if args.password or args.password_stdin else None
+        active = None if args.enable is None else args.enable
+        try:
+            update_user(db, user, _cli_actor(), role=args.role, active=active, password=password)
+        except AccountError as exc:
+            print(f"vssbot users set: {exc}", file=sys.stderr)
+            return 2
+        db.commit()
+    print(f"updated {user.username}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vssbot", description="VSS help-desk chatbot (settings: VSSBOT_* environment variables)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -392,6 +466,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--apply", action="store_true", help="write the changes into the YAML files")
     s.set_defaults(func=cmd_kb_import)
 
+    us = sub.add_parser("users", help="staff accounts of the console (/admin)").add_subparsers(
+        dest="users_command", required=True, metavar="USERS_COMMAND")
+    s = us.add_parser("create", help="create an account (the password is asked for, or read from stdin)")
+    s.add_argument("--username", required=True, help="2-64 lowercase letters, digits, '.', '_' or '-'")
+    s.add_argument("--role", required=True, choices=["viewer", "editor", "admin"],
+                   help="viewer reads; editor also reviews and edits the knowledge base; admin also manages accounts")
+    s.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    s.set_defaults(func=cmd_users_create)
+    s = us.add_parser("list", help="list the accounts")
+    s.set_defaults(func=cmd_users_list)
+    s = us.add_parser("set", help="change an account's role, enable or disable it, or set its password")
+    s.add_argument("--username", required=True)
+    s.add_argument("--role", choices=["viewer", "editor", "admin"])
+    s.add_argument("--disable", dest="enable", action="store_false", default=None, help="lock the account out")
+    s.add_argument("--enable", dest="enable", action="store_true", help="let a disabled account log in again")
+    s.add_argument("--password", action="store_true", help="set a new password (asked for)")
+    s.add_argument("--password-stdin", action="store_true", help="set a new password read from stdin")
+    s.set_defaults(func=cmd_users_set)
+
     db = sub.add_parser("db", help="database tools").add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     s = db.add_parser("upgrade", help="migrate the database to the latest schema")
     s.set_defaults(func=cmd_db_upgrade)
@@ -401,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
-    setup_logging("WARNING" if args.command in ("ask", "eval", "kb", "chat", "tune") else settings.log_level, settings.log_json)
+    setup_logging("WARNING" if args.command in ("ask", "eval", "kb", "chat", "tune", "users") else settings.log_level, settings.log_json)
     from knowledge.loader import KnowledgeError
 
     try:

@@ -13,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.api.public import router as public_router
 from app.api.webhooks import router as webhook_router
+from app.console import install as install_console
 from app.logging import setup_logging
 from app.services import Services, build_services
 from app.settings import Settings, get_settings
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = FastAPI(title="vssbot", version="0.1.0", lifespan=lifespan)
     app.include_router(public_router)
     app.include_router(webhook_router)
+    install_console(app)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

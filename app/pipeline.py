@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.bot import Bot, Reply
-from app.db.models import Conversation, Feedback, Message, Outbox, Person, as_utc, new_id, utcnow
+from app.db.models import Conversation, Feedback, Message, Outbox, Person, ReviewItem, as_utc, new_id, utcnow
 from app.replies import command_of, options_for
 from webhooks.base import InboundEvent
 
@@ -27,6 +27,9 @@ OWN_ECHO_WINDOW = timedelta(seconds=15)
 # Where staff can answer a person themselves (Page inbox, OA Manager), a request for a person
 # pauses the bot; on the web page and the CLI nobody could answer yet, so the bot stays.
 TAKEOVER_CHANNELS = SENDING_CHANNELS
+# Replies that go to the staff review queue. The CLI is the operators' own test bench: not queued.
+REVIEW_KINDS = {"fallback", "clarify", "handover"}
+REVIEW_CHANNELS = {"web", "messenger", "zalo"}
 
 
 def clean_text(text: str, limit: int) -> str:
@@ -109,6 +112,7 @@ class Pipeline:
                     )
                     session.add(outbound)
                     session.flush()
+                    self._review(session, event, conversation, inbound, outbound, reply)
                     if event.channel in SENDING_CHANNELS:
                         opts = [{"title": o.title, "payload": o.payload} for o in options_for(reply, reply_id)]
                         session.add(Outbox(message_id=reply_id, channel=event.channel, recipient=event.user_id,
@@ -126,6 +130,26 @@ class Pipeline:
             latency_ms=round(latency_ms, 2), message_id=handled.reply_id,
         )
         return handled
+
+    @staticmethod
+    def _review(session: Session, event: InboundEvent, conversation: Conversation, inbound: Message,
+                outbound: Message, reply: Reply) -> None:
+        """Queue a reply staff should see; a choice among offered options settles the clarify."""
+        if event.channel not in REVIEW_CHANNELS:
+            return
+        if reply.candidates and reply.candidates[0].get("chosen"):
+            for item in session.scalars(select(ReviewItem).where(
+                ReviewItem.conversation_id == conversation.id, ReviewItem.reason == "clarify",
+                ReviewItem.status == "open",
+            )):
+                item.status, item.action, item.resolved_by, item.resolved_at = "resolved", "chosen", "citizen", utcnow()
+                item.detail = {"intent_id": reply.intent_id}
+            return
+        # Typed text only: a tapped button (e.g. "talk to staff") has no wording to teach from;
+        # the handover inbox shows those conversations.
+        if reply.kind in REVIEW_KINDS and event.kind == "text" and inbound.text.strip():
+            session.add(ReviewItem(message_id=outbound.id, question_id=inbound.id, conversation_id=conversation.id,
+                                   channel=event.channel, reason=reply.kind, text=inbound.text))
 
     @staticmethod
     def _own_echo(session: Session, event: InboundEvent, now: datetime) -> bool:
@@ -190,5 +214,19 @@ class Pipeline:
                 session.add(Feedback(message_id=message_id, helpful=helpful, comment=comment))
             else:
                 existing.helpful, existing.comment, existing.created_at = helpful, comment, utcnow()
+            if not helpful and message.channel in REVIEW_CHANNELS:
+                self._review_dislike(session, message)
         return True
+
+    @staticmethod
+    def _review_dislike(session: Session, reply: Message) -> None:
+        """A thumbs-down puts the reply (back) in the review queue."""
+        item = session.scalar(select(ReviewItem).where(ReviewItem.message_id == reply.id))
+        question = session.get(Message, reply.reply_to_id) if reply.reply_to_id else None
+        if item is None:
+            session.add(ReviewItem(message_id=reply.id, question_id=question.id if question else None,
+                                   conversation_id=reply.conversation_id, channel=reply.channel, reason="dislike",
+                                   text=question.text if question else reply.text))
+        else:
+            item.reason, item.status, item.action, item.resolved_by, item.resolved_at = "dislike", "open", None, None, None
 

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     handover_minutes: int = Field(60 * 24, description="how long the bot stays quiet after a person takes over")
     dispatch_interval: float = Field(0.2, description="seconds between outbox polls when idle")
 
+    # Staff console (/admin)
+    console_session_hours: float = Field(12, description="a console login lasts this long")
+    cookie_secure: bool | None = Field(
+        None, description="Secure flag on the console cookie; unset: on when the request came over HTTPS")
+    login_max_failures: int = Field(5, description="failed logins per username (and 4x per address) in 15 minutes")
+    eval_dir: Path = Field(Path("tests/eval"), description="evaluation set the console runs before a publish")
+
     @property
     def messenger_enabled(self) -> bool:
         return bool(self.messenger_verify_token and self.messenger_app_secret and self.messenger_page_token)

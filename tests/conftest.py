@@ -100,3 +100,86 @@ class LiveServer:
 def live_server(services: Services) -> Iterator[LiveServer]:
     with LiveServer(services) as server:
         yield server
+
+
+# --- The staff console -------------------------------------------------------------------------
+
+STAFF_PASSWORD = "correct horse battery"
+STAFF = {"admin": "admin", "editor": "editor", "viewer": "viewer"}  # username -> role
+
+
+def create_staff(services: Services) -> None:
+    """One account per role (username = role), all with STAFF_PASSWORD."""
+    from app.console.accounts import create_user
+
+    with services.sessions() as db:
+        for username, role in STAFF.items():
+            create_user(db, username, role, STAFF_PASSWORD, "test")
+        db.commit()
+
+
+class ConsoleClient:
+    """An httpx client logged in to the console as one role, sending its CSRF token on changes."""
+
+    def __init__(self, base_url: str, username: str | None = None):
+        self.http = httpx.Client(base_url=base_url, follow_redirects=False, timeout=30)
+        self.csrf = ""
+        if username:
+            self.login(username)
+
+    def login(self, username: str, password: str = STAFF_PASSWORD) -> httpx.Response:
+        r = self.http.post("/admin/login", data={"username": username, "password": password, "next": "/admin"})
+        if r.status_code == 303:
+            self.refresh_csrf()
+        return r
+
+    def refresh_csrf(self) -> None:
+        import re
+
+        page = self.http.get("/admin/account")
+        match = re.search(r'<meta name="csrf-token" content="([^"]*)"', page.text)
+        self.csrf = match.group(1) if match else ""
+
+    def get(self, path: str, **kw: object) -> httpx.Response:
+        return self.http.get(path, **kw)  # type: ignore[arg-type]
+
+    def post(self, path: str, data: dict[str, object] | None = None, csrf: bool = True, **kw: object) -> httpx.Response:
+        """A form post (with the CSRF field unless `csrf` is False)."""
+        form = dict(data or {})
+        if csrf:
+            form["csrf_token"] = self.csrf
+        return self.http.post(path, data=form, **kw)  # type: ignore[arg-type]
+
+    def post_json(self, path: str, body: object, csrf: bool = True) -> httpx.Response:
+        headers = {"X-CSRF-Token": self.csrf} if csrf else {}
+        return self.http.post(path, json=body, headers=headers)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class Console:
+    """A live server with one account per role, and a client logged in as each."""
+
+    def __init__(self, server: LiveServer, services: Services):
+        self.url, self.services = server.url, services
+        self.admin = ConsoleClient(server.url, "admin")
+        self.editor = ConsoleClient(server.url, "editor")
+        self.viewer = ConsoleClient(server.url, "viewer")
+        self.anon = ConsoleClient(server.url)
+
+    def close(self) -> None:
+        for c in (self.admin, self.editor, self.viewer, self.anon):
+            c.close()
+
+
+@pytest.fixture
+def console(services: Services) -> Iterator[Console]:
+    """The console on a live server over a fresh database (SQLite, and PostgreSQL when set)."""
+    create_staff(services)
+    with LiveServer(services) as server:
+        c = Console(server, services)
+        try:
+            yield c
+        finally:
+            c.close()

@@ -1,0 +1,6 @@
+"""Console: conversations (placeholder until built)."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,6 @@
+"""Console: dashboard (placeholder until built)."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
