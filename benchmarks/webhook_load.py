@@ -1,0 +1,377 @@
+"""Load benchmark of the Messenger webhook: signed deliveries from this process against `vssbot
+serve` in other processes, a stand-in Graph API that fails a share of sends, and the checks that
+nothing is lost or doubled.
+
+    .venv/bin/python benchmarks/webhook_load.py                    # SQLite x1, PostgreSQL x2
+    .venv/bin/python benchmarks/webhook_load.py --senders 200 --messages 10 --pg-workers 4
+
+For each scenario (one server process on SQLite; N processes on PostgreSQL) it reports accepted
+requests per second, acknowledgement latency p50/p99 (the webhook's 200), and end-to-end latency
+(delivery sent -> the reply reaching the stand-in Graph API). In the same run a bare FastAPI
+endpoint on the same uvicorn settings is measured with the same load, and the ratio printed.
+Then it checks: every delivered message stored once (5% of deliveries are posted twice, as a
+platform's retry), every message answered once (one outbound message and one successful send
+per inbound message), also while the stand-in fails 20% of sends with a retryable error.
+Exit status 1 if a check fails. Goals (README): >= 0.5 of the bare throughput, ack p99 < 100 ms
+at 200 concurrent senders, nothing lost or doubled.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+ROOT = Path(__file__).resolve().parent.parent
+VSSBOT = ROOT / ".venv" / "bin" / "vssbot"
+PYTHON = sys.executable
+APP_SECRET = "bench-app-secret"
+PAGE_ID = "102938475610293"
+WARM = 20  # deliveries before the measured run (each server process loads its knowledge base)
+PG_URL = os.environ.get("VSSBOT_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+# --- the processes this benchmark starts -------------------------------------------------------
+
+def stand_in_app(fail_rate: float) -> FastAPI:
+    """The Graph API's /me/messages: fails `fail_rate` of sends (retryable), records the rest."""
+    app = FastAPI()
+    received: dict[str, list[float]] = defaultdict(list)
+    rng = random.Random(7)
+
+    @app.post("/me/messages")
+    async def send(request: Request) -> JSONResponse:
+        body = await request.json()
+        if rng.random() < fail_rate:  # before recording: the send did not happen
+            return JSONResponse({"error": {"message": "temporary", "code": 2, "is_transient": True}}, status_code=500)
+        recipient = body["recipient"]["id"]
+        received[recipient].append(time.time())
+        return JSONResponse({"recipient_id": recipient, "message_id": f"m_{uuid.uuid4().hex}"})
+
+    @app.get("/stats")
+    async def stats() -> dict[str, list[float]]:
+        return received
+
+    return app
+
+
+def bare_app() -> FastAPI:
+    """The same route answering at once: the ceiling this server setup allows."""
+    app = FastAPI()
+
+    @app.post("/webhooks/messenger")
+    async def delivery(request: Request) -> dict[str, str]:
+        await request.body()
+        return {"status": "EVENT_RECEIVED"}
+
+    @app.get("/healthz")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def serve_role(role: str, port: int, fail_rate: float) -> None:
+    import uvicorn
+
+    app = stand_in_app(fail_rate) if role == "stand-in" else bare_app()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start_role(role: str, fail_rate: float = 0.0) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([PYTHON, __file__, "--role", role, "--port", str(port), "--fail-rate", str(fail_rate)])
+    url = f"http://127.0.0.1:{port}"
+    wait_up(url + ("/stats" if role == "stand-in" else "/healthz"), proc)
+    return proc, url
+
+
+def start_vssbot(database_url: str, graph_url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = os.environ | {
+        "VSSBOT_DATABASE_URL": database_url,
+        "VSSBOT_MESSENGER_VERIFY_TOKEN": "bench", "VSSBOT_MESSENGER_APP_SECRET": APP_SECRET,
+        "VSSBOT_MESSENGER_PAGE_TOKEN": "bench-page-token", "VSSBOT_MESSENGER_API_BASE": graph_url,
+        "VSSBOT_LOG_LEVEL": "WARNING", "VSSBOT_RATE_PER_MINUTE": "100000",
+    }
+    proc = subprocess.Popen([str(VSSBOT), "serve", "--port", str(port), "--workers", str(workers)], env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_up(url + "/healthz", proc, timeout=120)
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# --- the load ------------------------------------------------------------------------------------
+
+@dataclass
+class Load:
+    acks: list[float] = field(default_factory=list)  # seconds
+    sent_at: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # sender -> times
+    errors: int = 0
+    requests: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.elapsed if self.elapsed else 0.0
+
+
+def questions() -> list[str]:
+    sys.path.insert(0, str(ROOT))
+    from knowledge.loader import load_knowledge
+
+    kb = load_knowledge()
+    return [e.questions_vi[-1] for e in kb.entries if e.kind == "faq"]
+
+
+def delivery(sender: str, mid: str, text: str) -> bytes:
+    now = int(time.time() * 1000)
+    body = {"object": "page", "entry": [{"id": PAGE_ID, "time": now, "messaging": [{
+        "sender": {"id": sender}, "recipient": {"id": PAGE_ID}, "timestamp": now,
+        "message": {"mid": mid, "text": text}}]}]}
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def signed(raw: bytes) -> dict[str, str]:
+    sig = hmac.new(APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    return {"content-type": "application/json", "x-hub-signature-256": f"sha256={sig}"}
+
+
+async def drive(url: str, senders: int, messages: int, texts: list[str], retry_share: float, tag: str) -> Load:
+    """`senders` concurrent senders, each posting `messages` deliveries one after another."""
+    load = Load()
+    rng = random.Random(11)
+    limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
+        async def post(raw: bytes) -> float:
+            t0 = time.perf_counter()
+            r = await client.post("/webhooks/messenger", content=raw, headers=signed(raw))
+            took = time.perf_counter() - t0
+            load.requests += 1
+            if r.status_code != 200:
+                load.errors += 1
+            return took
+
+        async def sender(i: int) -> None:
+            sid = f"{tag}{i:05d}"
+            for k in range(messages):
+                raw = delivery(sid, f"m_{tag}_{i}_{k}", texts[(i * messages + k) % len(texts)])
+                load.sent_at[sid].append(time.time())
+                load.acks.append(await post(raw))
+                if rng.random() < retry_share:  # the platform's retry of the same delivery
+                    load.acks.append(await post(raw))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(sender(i) for i in range(senders)))
+        load.elapsed = time.perf_counter() - start
+    return load
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+def wait_replies(graph_url: str, expected: int, timeout: float) -> dict[str, list[float]]:
+    deadline = time.monotonic() + timeout
+    stats: dict[str, list[float]] = {}
+    while time.monotonic() < deadline:
+        stats = httpx.get(graph_url + "/stats", timeout=10).json()
+        if sum(len(v) for v in stats.values()) >= expected:
+            time.sleep(2)  # anything more arriving would be a double send: let it show
+            return httpx.get(graph_url + "/stats", timeout=10).json()
+        time.sleep(0.5)
+    return stats
+
+
+def check_database(database_url: str, want: int) -> list[str]:
+    """Every inbound message stored once, answered by one reply, and that reply sent."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    problems = []
+    with engine.connect() as conn:
+        inbound = conn.execute(text("SELECT count(*), count(DISTINCT external_id) FROM messages WHERE direction='in'")).one()
+        outbound = conn.execute(text("SELECT count(*), count(DISTINCT reply_to_id) FROM messages WHERE direction='out'")).one()
+        outbox = dict(conn.execute(text("SELECT status, count(*) FROM outbox GROUP BY status")).all())
+    engine.dispose()
+    if inbound[0] != want or inbound[1] != want:
+        problems.append(f"stored {inbound[0]} inbound messages ({inbound[1]} distinct), expected {want}")
+    if outbound[0] != want or outbound[1] != want:
+        problems.append(f"{outbound[0]} replies to {outbound[1]} messages, expected {want} each")
+    if outbox.get("sent", 0) != want:
+        problems.append(f"outbox: {outbox}, expected {want} sent")
+    return problems
+
+
+def check_sends(stats: dict[str, list[float]], load: Load, messages: int) -> tuple[list[str], list[float]]:
+    problems, e2e = [], []
+    for sid, sent in load.sent_at.items():
+        got = sorted(stats.get(sid, []))
+        if len(got) != messages:
+            problems.append(f"sender {sid}: {len(got)} replies delivered for {messages} messages")
+        e2e.extend(g - s for s, g in zip(sorted(sent), got))
+    return problems[:10] + ([f"... {len(problems) - 10} more"] if len(problems) > 10 else []), e2e
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+def pg_database() -> tuple[str, str]:
+    from sqlalchemy import create_engine, text
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}", schema
+
+
+def drop_pg(schema: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def scenario(name: str, database_url: str, workers: int, args: argparse.Namespace, texts: list[str]) -> dict[str, object]:
+    graph, graph_url = start_role("stand-in", args.fail_rate)
+    server, url = start_vssbot(database_url, graph_url, workers)
+    try:
+        tag = uuid.uuid4().hex[:6]
+        asyncio.run(drive(url, WARM // 2, 2, texts, 0.0, f"w{tag}"))  # warm up every process
+        warm = wait_replies(graph_url, WARM, 60)
+        load = asyncio.run(drive(url, args.senders, args.messages, texts, args.retry_share, f"s{tag}"))
+        want = args.senders * args.messages
+        stats = wait_replies(graph_url, want + WARM, args.drain_timeout)
+        stats = {k: v for k, v in stats.items() if k.startswith(f"s{tag}")}
+        problems, e2e = check_sends(stats, load, args.messages)
+        warm_sends = sum(len(v) for v in warm.values())
+        if warm_sends != WARM:
+            problems.append(f"warm-up: {warm_sends} replies delivered for {WARM} messages")
+        problems += check_database(database_url, want + WARM)
+    finally:
+        stop(server)
+        stop(graph)
+    return {"name": name, "load": load, "e2e": e2e, "problems": problems}
+
+
+def bare(args: argparse.Namespace, texts: list[str]) -> Load:
+    proc, url = start_role("bare")
+    try:
+        asyncio.run(drive(url, 10, 2, texts, 0.0, "warm"))
+        return asyncio.run(drive(url, args.senders, args.messages, texts, args.retry_share, "bare"))
+    finally:
+        stop(proc)
+
+
+def report(name: str, load: Load, e2e: list[float] | None, bare_rps: float) -> str:
+    line = (f"{name:<24} {load.rps:8.0f} req/s  ack p50 {pct(load.acks, 50) * 1000:6.1f} ms  "
+            f"p99 {pct(load.acks, 99) * 1000:6.1f} ms  errors {load.errors}")
+    if e2e is not None:
+        line += (f"  reply p50 {pct(e2e, 50) * 1000:7.0f} ms  p99 {pct(e2e, 99) * 1000:7.0f} ms  "
+                 f"x bare {load.rps / bare_rps if bare_rps else 0:4.2f}")
+    return line
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--senders", type=int, default=200, help="concurrent senders (default 200)")
+    ap.add_argument("--messages", type=int, default=10, help="deliveries per sender (default 10)")
+    ap.add_argument("--pg-workers", type=int, default=2, help="server processes on PostgreSQL (default 2)")
+    ap.add_argument("--fail-rate", type=float, default=0.2, help="share of sends the stand-in fails (default 0.2)")
+    ap.add_argument("--retry-share", type=float, default=0.05, help="share of deliveries posted twice (default 0.05)")
+    ap.add_argument("--drain-timeout", type=float, default=300, help="seconds to wait for every reply")
+    ap.add_argument("--skip-pg", action="store_true", help="SQLite only")
+    ap.add_argument("--role", choices=["stand-in", "bare"], help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.role:
+        serve_role(args.role, args.port, args.fail_rate)
+        return 0
+
+    texts = questions()
+    print(f"{args.senders} concurrent senders x {args.messages} deliveries (+{args.retry_share:.0%} retried), "
+          f"stand-in Graph API failing {args.fail_rate:.0%} of sends; {os.cpu_count()} CPUs", flush=True)
+    bare_load = bare(args, texts)
+    print(report("bare FastAPI endpoint", bare_load, None, 0), flush=True)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        results.append(scenario("vssbot SQLite x1", f"sqlite:///{tmp}/bench.db", 1, args, texts))
+    if not args.skip_pg:
+        url, schema = pg_database()
+        try:
+            results.append(scenario(f"vssbot PostgreSQL x{args.pg_workers}", url, args.pg_workers, args, texts))
+        finally:
+            drop_pg(schema)
+    failed = False
+    for r in results:
+        load: Load = r["load"]  # type: ignore[assignment]
+        print(report(str(r["name"]), load, r["e2e"], bare_load.rps), flush=True)  # type: ignore[arg-type]
+        problems: list[str] = r["problems"]  # type: ignore[assignment]
+        if problems or load.errors:
+            failed = True
+            for p in problems:
+                print(f"  CHECK FAILED: {p}")
+        else:
+            print(f"  checks: {args.senders * args.messages} messages stored once and answered once")
+        if load.rps < 0.5 * bare_load.rps or pct(load.acks, 99) > 0.1:
+            print("  goal not met: >= 0.5 x bare throughput and ack p99 < 100 ms")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
