@@ -70,20 +70,27 @@ def clarify_text(options: list[Entry], lang: str) -> str:
 
 
 class Bot:
-    """Holds the loaded knowledge base and its matcher; `reload` swaps both atomically."""
+    """Holds the loaded knowledge base and its matcher; `reload` swaps both atomically.
 
-    def __init__(self, knowledge_dir: Path | None = None, config: MatcherConfig | None = None):
+    Built from a folder of YAML files (`knowledge_dir`), or from an already loaded knowledge base
+    (`kb`: a published version the database holds)."""
+
+    def __init__(self, knowledge_dir: Path | None = None, config: MatcherConfig | None = None,
+                 kb: KnowledgeBase | None = None):
         self.knowledge_dir = knowledge_dir
         self.config = config
         self._lock = threading.Lock()
-        self.kb, self.matcher = self._build()
+        self.kb, self.matcher = self._build(kb)
 
-    def _build(self) -> tuple[KnowledgeBase, Matcher]:
-        kb = load_knowledge(self.knowledge_dir, question_key=question_key)
+    def _build(self, kb: KnowledgeBase | None = None) -> tuple[KnowledgeBase, Matcher]:
+        if kb is None:
+            kb = load_knowledge(self.knowledge_dir, question_key=question_key)
         return kb, Matcher(kb.entries, self.config)
 
-    def reload(self) -> str:
-        kb, matcher = self._build()
+    def reload(self, kb: KnowledgeBase | None = None) -> str:
+        """Switch to `kb` (or re-read the folder): the matcher is built first, then both swapped,
+        so a reply in flight keeps the pair it started with."""
+        kb, matcher = self._build(kb)
         with self._lock:
             self.kb, self.matcher = kb, matcher
         return kb.version

@@ -36,7 +36,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from app.main import create_app
 
+    from app.settings import sqlite_path
+
     host, port = args.host or settings.host, args.port or settings.port
+    if args.workers > 1:
+        if sqlite_path(settings.database_url) is not None or settings.database_url.startswith("sqlite"):
+            print("vssbot serve: SQLite is for one process; for --workers > 1 set VSSBOT_DATABASE_URL to a "
+                  "PostgreSQL database", file=sys.stderr)
+            return 2
+        from app.db.session import upgrade
+
+        upgrade(settings.database_url)  # once, before the workers start
+        # Each worker process builds its own app from the environment (settings, bot, dispatcher).
+        uvicorn.run("app.main:app_factory", factory=True, host=host, port=port, workers=args.workers,
+                    log_config=None, access_log=False)
+        return 0
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
     return 0
 
@@ -321,6 +335,83 @@ def cmd_kb_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_kb_publish(args: argparse.Namespace, settings: Settings) -> int:
+    """Publish a folder's YAML files as the live version (running servers reload within a poll)."""
+    from app import kbstore
+    from app.console.drafts import pending
+    from knowledge.loader import KnowledgeError
+
+    folder = Path(args.dir) if args.dir else settings.knowledge_dir
+    try:
+        files, kb = kbstore.folder_files(folder)
+    except KnowledgeError as exc:
+        for p in exc.problems:
+            print(p)
+        print(f"{len(exc.problems)} problem(s) in {folder}: nothing published", file=sys.stderr)
+        return 1
+    with _db_session(settings) as db:
+        done = kbstore.publish_files(db, files, kb, _cli_actor(), args.note)
+        if done is None:
+            live = kbstore.latest(db)
+            print(f"the files of {folder} are the live version already (#{live.id if live else '?'}, {kb.version})")
+            return 0
+        kbstore.record(db, _cli_actor(), "kb.publish", f"kb_version:{done.version.id}", {"version": done.before},
+                       kbstore.audit_after(done, args.note, source="files"))
+        db.commit()
+        n_drafts = len(pending(db))
+    changed = done.changed
+    print(f"published version #{done.version.id} ({kb.version}) from {folder}: "
+          f"{len(changed['entries'])} entries and {len(changed['parameters'])} parameters changed")
+    if n_drafts:
+        print(f"note: {n_drafts} console draft(s) are still pending; they apply on top of this version", file=sys.stderr)
+    return 0
+
+
+def cmd_kb_versions(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from app.db.models import KbVersion
+
+    with _db_session(settings) as db:
+        rows = db.scalars(select(KbVersion).order_by(KbVersion.id.desc()).limit(args.limit)).all()
+        if not rows:
+            print("no published version yet (the first `vssbot serve` or `vssbot kb publish` makes one)")
+            return 0
+        for i, r in enumerate(rows):
+            live = "*" if i == 0 else " "
+            when = r.created_at.strftime("%Y-%m-%d %H:%M")
+            print(f"{live}#{r.id}\t{r.version}\t{when}\t{r.source}\t{r.created_by}\t{r.note or ''}")
+    return 0
+
+
+def cmd_kb_pull(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the live version's files into a folder (which then holds exactly that version)."""
+    from app import kbstore
+
+    out = Path(args.out)
+    with _db_session(settings) as db:
+        live = kbstore.latest(db)
+        if live is None:
+            print("vssbot kb pull: no published version yet (the first `vssbot serve` or `vssbot kb publish` makes one)",
+                  file=sys.stderr)
+            return 1
+        files, version_id, version = dict(live.files), live.id, live.version
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stale = sorted(p for p in out.glob("*.yaml") if p.name not in files)
+        for name, text in sorted(files.items()):
+            (out / name).write_bytes(text.encode("utf-8"))  # bytes: the version hash covers them as stored
+        for p in stale:
+            p.unlink()
+    except OSError as exc:
+        print(f"vssbot kb pull: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    for p in stale:
+        print(f"removed {p} (not in the live version)", file=sys.stderr)
+    print(f"wrote version #{version_id} ({version}): {len(files)} file(s) in {out}")
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     from app.db.session import upgrade
 
@@ -403,13 +494,141 @@ def cmd_users_set(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- Privacy (Decree 13/2023/ND-CP): a person's data on request, and the retention purge -----------
+
+
+def _whole(unit: str, high: int) -> Any:
+    """An argparse type: a whole number from 1 to `high`, with an error that says so."""
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of {unit}") from None
+        if not 1 <= n <= high:
+            raise argparse.ArgumentTypeError(f"{n} is out of range: give 1 to {high} {unit}")
+        return n
+    return parse
+
+
+def _confirm(question: str) -> bool:
+    """Ask on stderr, read the answer from stdin (end of input counts as no)."""
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    if not sys.stdin.isatty():
+        print(file=sys.stderr)  # the piped answer did not end the prompt's line
+    return answer.strip().lower() in ("y", "yes", "c", "có", "co")
+
+
+def _write_private(path: str, text: str) -> None:
+    """A file only its owner can read: an export is one person's personal data."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def cmd_privacy_export(args: argparse.Namespace, settings: Settings) -> int:
+    from app.privacy import PrivacyError, TextVault
+    from app.retention import Counts, UnknownPerson, export_person, find_person, record
+
+    with _db_session(settings) as db:
+        try:
+            person = find_person(db, args.channel, args.user)
+            doc = export_person(db, person, TextVault.from_settings(settings))
+        except (UnknownPerson, PrivacyError) as exc:
+            print(f"vssbot privacy export: {exc}", file=sys.stderr)
+            return 1
+        text = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+        try:
+            if args.out:
+                _write_private(args.out, text)
+            else:
+                sys.stdout.write(text)
+        except OSError as exc:
+            print(f"vssbot privacy export: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return 1
+        n_messages = sum(len(c["messages"]) for c in doc["conversations"])
+        record(db, _cli_actor(), "privacy.export", f"{args.channel}:{args.user}",
+               Counts(people=1, conversations=len(doc["conversations"]), messages=n_messages),
+               originals=doc["originals"], out=args.out or "stdout")
+        db.commit()
+    if doc["originals"]["stored"] > doc["originals"]["decrypted"]:
+        print(f"vssbot privacy export: {doc['originals']['stored']} original(s) are stored encrypted and were not "
+              "included: set VSSBOT_DATA_KEY to include them", file=sys.stderr)
+    if args.out:
+        print(f"wrote {args.out}: {len(doc['conversations'])} conversation(s), {n_messages} message(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_privacy_erase(args: argparse.Namespace, settings: Settings) -> int:
+    from app.retention import UnknownPerson, erase_counts, erase_person, find_person, record
+
+    with _db_session(settings) as db:
+        try:
+            person = find_person(db, args.channel, args.user)
+        except UnknownPerson as exc:
+            print(f"vssbot privacy erase: {exc}", file=sys.stderr)
+            return 1
+        planned = erase_counts(db, person)
+        print(f"erasing {args.channel} user {args.user!r} deletes: {planned}", file=sys.stderr)
+        if not args.yes and not _confirm("Delete all of it? This cannot be undone."):
+            print("nothing deleted", file=sys.stderr)
+            return 1
+        counts = erase_person(db, person)
+        record(db, _cli_actor(), "privacy.erase", f"{args.channel}:{args.user}", counts)
+        db.commit()
+    print(f"deleted {counts}")
+    return 0
+
+
+def cmd_privacy_keygen(args: argparse.Namespace, settings: Settings) -> int:
+    from app.privacy import new_key
+
+    print(new_key())
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
+    from app.retention import Counts, cutoff_for, purge, purge_counts, record
+
+    cutoff = cutoff_for(args.older_than)
+    with _db_session(settings) as db:
+        planned = purge_counts(db, cutoff)
+        db.rollback()  # end the read transaction before asking (SQLite would hold its snapshot)
+        print(f"conversations with no message since {cutoff:%Y-%m-%d %H:%M} UTC: deleting {planned}", file=sys.stderr)
+        if not planned.conversations and not planned.people:
+            print("nothing to purge", file=sys.stderr)
+            return 0
+        if not args.yes and not _confirm("Delete them? This cannot be undone."):
+            print("nothing deleted", file=sys.stderr)
+            return 1
+
+        def progress(done: Counts) -> None:
+            print(f"  {done.conversations}/{planned.conversations} conversations, {done.people} people", file=sys.stderr)
+
+        done = Counts()  # filled batch by batch, so an interruption still knows what was deleted
+        try:
+            purge(db, cutoff, batch=args.batch, progress=progress, into=done)
+        finally:
+            # an interrupted purge keeps the batches it committed: the audit row says how far it got
+            db.rollback()
+            complete = done.conversations >= planned.conversations
+            record(db, _cli_actor(), "retention.purge", f"older_than={args.older_than}d", done,
+                   cutoff=cutoff.isoformat(), complete=complete)
+            db.commit()
+    print(f"deleted {done}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vssbot", description="VSS help-desk chatbot (settings: VSSBOT_* environment variables)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("serve", help="serve the API, the chat page and (later) the webhooks")
+    s = sub.add_parser("serve", help="serve the API, the chat page, the webhooks and the staff console")
     s.add_argument("--host", help="default VSSBOT_HOST or 127.0.0.1")
     s.add_argument("--port", type=int, help="default VSSBOT_PORT or 8000")
+    s.add_argument("--workers", type=int, default=1, help="server processes (more than 1 needs PostgreSQL)")
     s.set_defaults(func=cmd_serve)
 
     ms = sub.add_parser("messenger", help="Messenger Page tools").add_subparsers(dest="messenger_command", required=True, metavar="MESSENGER_COMMAND")
@@ -465,6 +684,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="a CSV exported by `vssbot kb export` and edited")
     s.add_argument("--apply", action="store_true", help="write the changes into the YAML files")
     s.set_defaults(func=cmd_kb_import)
+    s = kb.add_parser("publish", help="publish the YAML files as the live version (servers reload within seconds)")
+    s.add_argument("--dir", help="knowledge folder (default VSSBOT_KNOWLEDGE_DIR or the bundled one)")
+    s.add_argument("--note", help="what changed, for the version list")
+    s.set_defaults(func=cmd_kb_publish)
+    s = kb.add_parser("versions", help="the published versions, newest (live, marked *) first")
+    s.add_argument("--limit", type=int, default=30, help="how many to list")
+    s.set_defaults(func=cmd_kb_versions)
+    s = kb.add_parser("pull", help="write the live version's YAML files into a folder (to review staff changes in git)")
+    s.add_argument("--out", required=True, help="the folder to write (its other .yaml files are removed)")
+    s.set_defaults(func=cmd_kb_pull)
 
     us = sub.add_parser("users", help="staff accounts of the console (/admin)").add_subparsers(
         dest="users_command", required=True, metavar="USERS_COMMAND")
@@ -485,6 +714,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--password-stdin", action="store_true", help="set a new password read from stdin")
     s.set_defaults(func=cmd_users_set)
 
+    pv = sub.add_parser("privacy", help="a person's data on request: export it, erase it (Decree 13/2023)").add_subparsers(
+        dest="privacy_command", required=True, metavar="PRIVACY_COMMAND")
+    channels = ["messenger", "zalo", "web", "cli"]
+    s = pv.add_parser("export", help="everything about one person as JSON (originals decrypted if the key is set)")
+    s.add_argument("--channel", required=True, choices=channels)
+    s.add_argument("--user", required=True, help="the channel's user id (PSID, Zalo user id, web session id)")
+    s.add_argument("--out", help="file to write, readable by you only (default: standard output)")
+    s.set_defaults(func=cmd_privacy_export)
+    s = pv.add_parser("erase", help="delete one person and their conversations, messages, feedback, review items")
+    s.add_argument("--channel", required=True, choices=channels)
+    s.add_argument("--user", required=True, help="the channel's user id (PSID, Zalo user id, web session id)")
+    s.add_argument("--yes", action="store_true", help="do not ask before deleting")
+    s.set_defaults(func=cmd_privacy_erase)
+    s = pv.add_parser("keygen", help="print a new key for VSSBOT_DATA_KEY")
+    s.set_defaults(func=cmd_privacy_keygen)
+
+    s = sub.add_parser("purge", help="delete conversations whose last message is older than DAYS (retention)")
+    s.add_argument("--older-than", required=True, type=_whole("days", 36500), metavar="DAYS", help="age in days, 1 or more")
+    s.add_argument("--yes", action="store_true", help="do not ask before deleting")
+    s.add_argument("--batch", type=_whole("conversations", 10000), default=500, metavar="N",
+                   help="conversations deleted per transaction (default 500)")
+    s.set_defaults(func=cmd_purge)
+
     db = sub.add_parser("db", help="database tools").add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     s = db.add_parser("upgrade", help="migrate the database to the latest schema")
     s.set_defaults(func=cmd_db_upgrade)
@@ -493,8 +745,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = get_settings()
-    setup_logging("WARNING" if args.command in ("ask", "eval", "kb", "chat", "tune", "users") else settings.log_level, settings.log_json)
+    from app.privacy import PrivacyError
+
+    try:
+        settings = get_settings()
+    except PrivacyError as exc:  # VSSBOT_STORE_ORIGINAL without a (valid) VSSBOT_DATA_KEY
+        print(f"vssbot: {exc}", file=sys.stderr)
+        return 2
+    quiet = ("ask", "eval", "kb", "chat", "tune", "users", "privacy", "purge")
+    setup_logging("WARNING" if args.command in quiet else settings.log_level, settings.log_json)
     from knowledge.loader import KnowledgeError
 
     try:

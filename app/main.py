@@ -10,16 +10,38 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+import structlog
 
+from app.api.guards import install as install_guards
 from app.api.public import router as public_router
 from app.api.webhooks import router as webhook_router
 from app.console import install as install_console
 from app.logging import setup_logging
+from app.observability import RequestContextMiddleware
+from app.observability import router as observability_router
 from app.services import Services, build_services
 from app.settings import Settings, get_settings
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+log = structlog.get_logger(__name__)
+
+
+async def poll_kb(services: Services, stop: asyncio.Event) -> None:
+    """Every few seconds, serve the latest published knowledge base if another process (or the
+    command line) published one, so that several `vssbot serve` processes converge."""
+    interval = services.settings.kb_poll_seconds
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        except TimeoutError:
+            pass
+        if stop.is_set():
+            return
+        try:
+            await asyncio.to_thread(services.sync_kb)  # loading and indexing take a second: off the loop
+        except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the poll
+            log.warning("kb.poll_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -31,6 +53,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         svc = app.state.services = services or build_services(settings)
         stop = asyncio.Event()
         task = asyncio.create_task(svc.dispatcher.run(stop)) if svc.dispatcher and svc.dispatcher.senders else None
+        poller = asyncio.create_task(poll_kb(svc, stop)) if svc.settings.kb_poll_seconds > 0 else None
         try:
             yield
         finally:
@@ -38,6 +61,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             if task is not None:
                 svc.dispatcher.wake.set()
                 await task
+            if poller is not None:
+                await poller
             if owned:
                 svc.close()
 
@@ -45,6 +70,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(public_router)
     app.include_router(webhook_router)
     install_console(app)
+    install_guards(app, settings)  # body limit, strict JSON, generic 500: inside the request-id middleware
+    app.include_router(observability_router)  # /metrics, /readyz
+    # added last, so outermost: the request id is bound before any other middleware or handler runs
+    app.add_middleware(RequestContextMiddleware)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

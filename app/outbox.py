@@ -1,9 +1,11 @@
 """The dispatcher: claims due outbox rows, sends them through their channel, records the outcome.
 
-A row is claimed with a conditional UPDATE (status and lease checked in the WHERE clause), so two
-dispatchers never send the same row at the same time; a claim whose process died expires with
-its lease and the row is taken again. Transient failures are retried with exponential backoff
-and jitter; permanent ones are recorded with the platform's reason and not retried.
+A row is claimed with a lease: on PostgreSQL by `SELECT ... FOR UPDATE SKIP LOCKED` (several
+worker processes share the queue without waiting on each other), on SQLite by a conditional UPDATE
+(status and lease checked in the WHERE clause); either way two dispatchers never send the same row
+at the same time, and a claim whose process died expires with its lease and the row is taken again.
+Transient failures are retried with exponential backoff and jitter; permanent ones are recorded
+with the platform's reason and not retried.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.models import Outbox, utcnow
+from app.observability import record_delivery
 from webhooks.base import Option, OutboundMessage, SendResult
 
 log = structlog.get_logger(__name__)
@@ -57,20 +60,25 @@ class Dispatcher:
     def claim(self) -> list[Outbox]:
         """Take due rows for this process (each with a fresh lease)."""
         now = utcnow()
+        lease = {"status": "sending", "lease_until": now + timedelta(seconds=self.policy.lease)}
+        due = select(Outbox.id).where(_due(now), Outbox.channel.in_(self.senders)).order_by(Outbox.id).limit(self.batch)
         claimed = []
         with self.sessions() as session, session.begin():
-            ids = session.scalars(
-                select(Outbox.id).where(_due(now), Outbox.channel.in_(self.senders)).order_by(Outbox.id).limit(self.batch)
-            ).all()
-            for row_id in ids:
-                result = session.execute(
-                    update(Outbox)
-                    .where(Outbox.id == row_id, _due(now))
-                    .values(status="sending", lease_until=now + timedelta(seconds=self.policy.lease))
-                )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
-                    claimed.append(row_id)
-            rows = session.scalars(select(Outbox).where(Outbox.id.in_(claimed))).all() if claimed else []
+            if session.get_bind().dialect.name == "postgresql":
+                # Row locks: concurrent dispatchers each lock different due rows, skipping those
+                # another holds, instead of queueing behind the same first rows. The lease still
+                # lets another dispatcher retake them if this process dies after the commit.
+                claimed = list(session.scalars(due.with_for_update(skip_locked=True)).all())
+                if claimed:
+                    session.execute(update(Outbox).where(Outbox.id.in_(claimed)).values(**lease))
+            else:
+                # SQLite has no row locks (one writer at a time, and one process): a conditional
+                # UPDATE per row, so a row another claim took in between is not taken twice.
+                for row_id in session.scalars(due).all():
+                    result = session.execute(update(Outbox).where(Outbox.id == row_id, _due(now)).values(**lease))
+                    if result.rowcount == 1:  # type: ignore[attr-defined]
+                        claimed.append(row_id)
+            rows = session.scalars(select(Outbox).where(Outbox.id.in_(claimed)).order_by(Outbox.id)).all() if claimed else []
             session.expunge_all()
         return list(rows)
 
@@ -94,6 +102,8 @@ class Dispatcher:
                 current.last_error = result.error
             else:
                 current.status, current.last_error = "failed", result.error or "failed"
+            outcome = "retry" if current.status == "pending" else current.status
+        record_delivery(row.channel, outcome, result.error)
         level = "info" if result.ok else ("warning" if result.retryable else "error")
         getattr(log, level)("outbox_send", channel=row.channel, outbox_id=row.id, ok=result.ok,
                             retryable=result.retryable, error=result.error, attempt=row.attempts + 1)
@@ -106,6 +116,7 @@ class Dispatcher:
                 channel=row.channel, user_id=row.recipient, text=payload.get("text", ""),
                 options=tuple(Option(o["title"], o["payload"]) for o in payload.get("options", [])),
                 lang=payload.get("lang", "vi"), skip_parts=int(payload.get("parts_sent", 0)),
+                tag=payload.get("tag") or None,  # set on a staff reply outside Messenger's 24 h window
             )
             try:
                 result = await self.senders[row.channel](client, msg)

@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.bot import Bot, Reply
 from app.db.models import Conversation, Feedback, Message, Outbox, Person, ReviewItem, as_utc, new_id, utcnow
+from app.observability import record_decision
+from app.privacy import TextVault, mask_pii
 from app.replies import command_of, options_for
 from webhooks.base import InboundEvent
 
@@ -49,8 +51,9 @@ class Pipeline:
 
     def __init__(
         self, bot: Bot, sessions: sessionmaker[Session], match_chars: int = 600, store_chars: int = 10000,
-        handover: timedelta = timedelta(hours=24),
+        handover: timedelta = timedelta(hours=24), vault: TextVault | None = None,
     ):
+        self.vault = vault or TextVault()  # masks what it stores; keeps no original unless configured
         self.bot = bot
         self.sessions = sessions
         self.match_chars = match_chars
@@ -72,64 +75,86 @@ class Pipeline:
             return self.bot.chosen(event.payload, text, event.lang)
         return self.bot.reply(text[: self.match_chars], event.lang)
 
-    def handle(self, event: InboundEvent) -> Handled | None:
-        """Answer and log one event; None if this event was already handled (a retry)."""
+    def handle(self, event: InboundEvent, limited: bool = False, notice: Reply | None = None) -> Handled | None:
+        """Answer and log one event; None if this event was already handled (a retry).
+        `limited`: the sender is over its rate limit: store the event, answer only with `notice`
+        (the slow-down reply, once in a while) or not at all."""
         start = time.perf_counter()
         text = clean_text(event.text or event.payload or "", self.store_chars)
         reply_id = new_id()
-        reply = self._answer(event, text, reply_id)
+        reply = notice if limited else self._answer(event, text, reply_id)  # matched on the original, in memory only
+        stored_text, text_private = self.vault.seal(text)
         latency_ms = (time.perf_counter() - start) * 1000
-        try:
-            with self.sessions() as session, session.begin():
-                lang = reply.lang if reply else (event.lang or "vi")
-                conversation = self._conversation(session, event, lang)
-                inbound = Message(
-                    conversation_id=conversation.id, direction="in", channel=event.channel,
-                    external_id=event.event_id, text=text or f"[{event.kind}]", lang=lang,
-                    kind="echo" if event.kind == "echo" else None,
-                )
-                session.add(inbound)
-                session.flush()  # a retried delivery fails here, on the unique event id
-                now = utcnow()
-                if event.kind == "echo":
-                    # a person answered from the Page inbox / OA Manager: the bot steps back
-                    # (unless the echo is of the bot's own reply: Zalo echoes those too)
-                    if not self._own_echo(session, event, now):
-                        self._pause(conversation, now)
-                    reply = None
-                elif event.extra.get("standby") == "true":
-                    reply = None  # another app (the Page inbox) owns the thread: keep, do not answer
-                elif conversation.state == "human" and conversation.paused_until and as_utc(conversation.paused_until) > now:
-                    reply = None  # a person has this conversation: stay quiet, keep the message
-                elif reply is not None and reply.kind == "handover" and event.channel in TAKEOVER_CHANNELS:
-                    self._pause(conversation, now)
-                if reply is not None:
-                    outbound = Message(
-                        id=reply_id, conversation_id=conversation.id, direction="out", channel=event.channel,
-                        reply_to_id=inbound.id, text=reply.text, lang=reply.lang, kind=reply.kind,
-                        entry_id=reply.intent_id, regime=reply.regime, confidence=reply.confidence,
-                        candidates=reply.candidates, kb_version=reply.kb_version, latency_ms=round(latency_ms, 3),
+        answer = reply
+        for attempt in (1, 2):
+            reply = answer  # a retried transaction starts again from the bot's answer
+            try:
+                with self.sessions() as session, session.begin():
+                    lang = reply.lang if reply else (event.lang or "vi")
+                    conversation = self._conversation(session, event, lang)
+                    inbound = Message(
+                        conversation_id=conversation.id, direction="in", channel=event.channel,
+                        external_id=event.event_id, text=stored_text or f"[{event.kind}]", text_private=text_private,
+                        lang=lang, kind="echo" if event.kind == "echo" else None,
                     )
-                    session.add(outbound)
-                    session.flush()
-                    self._review(session, event, conversation, inbound, outbound, reply)
-                    if event.channel in SENDING_CHANNELS:
-                        opts = [{"title": o.title, "payload": o.payload} for o in options_for(reply, reply_id)]
-                        session.add(Outbox(message_id=reply_id, channel=event.channel, recipient=event.user_id,
-                                           payload={"text": reply.text, "options": opts, "lang": reply.lang}))
-                conversation.last_message_at = now
-                handled = Handled(reply, inbound.id, reply_id if reply else None, conversation.id)
-        except IntegrityError:
-            if event.event_id is None:
-                raise
-            log.info("duplicate_event", channel=event.channel, event_id=event.event_id)
-            return None
+                    session.add(inbound)
+                    session.flush()  # a retried delivery fails here, on the unique event id
+                    now = utcnow()
+                    if event.kind == "echo":
+                        # a person answered from the Page inbox / OA Manager: the bot steps back
+                        # (unless the echo is of the bot's own reply: Zalo echoes those too)
+                        if not self._own_echo(session, event, now):
+                            self._pause(conversation, now)
+                        reply = None
+                    elif event.extra.get("standby") == "true":
+                        reply = None  # another app (the Page inbox) owns the thread: keep, do not answer
+                    elif conversation.state == "human" and conversation.paused_until and as_utc(conversation.paused_until) > now:
+                        reply = None  # a person has this conversation: stay quiet, keep the message
+                    elif reply is not None and reply.kind == "handover" and event.channel in TAKEOVER_CHANNELS:
+                        self._pause(conversation, now)
+                    if reply is not None:
+                        outbound = Message(
+                            id=reply_id, conversation_id=conversation.id, direction="out", channel=event.channel,
+                            reply_to_id=inbound.id, text=reply.text, lang=reply.lang, kind=reply.kind,
+                            entry_id=reply.intent_id, regime=reply.regime, confidence=reply.confidence,
+                            candidates=reply.candidates, kb_version=reply.kb_version, latency_ms=round(latency_ms, 3),
+                        )
+                        session.add(outbound)
+                        session.flush()
+                        self._review(session, event, conversation, inbound, outbound, reply)
+                        if event.channel in SENDING_CHANNELS:
+                            opts = [{"title": o.title, "payload": o.payload} for o in options_for(reply, reply_id)]
+                            session.add(Outbox(message_id=reply_id, channel=event.channel, recipient=event.user_id,
+                                               payload={"text": reply.text, "options": opts, "lang": reply.lang}))
+                    conversation.last_message_at = now
+                    handled = Handled(reply, inbound.id, reply_id if reply else None, conversation.id)
+            except IntegrityError:
+                if self._seen(event):
+                    log.info("duplicate_event", channel=event.channel, event_id=event.event_id)
+                    return None
+                if attempt == 2:
+                    raise
+                # Another process created this person's row (or conversation) at the same
+                # moment: the transaction is rolled back whole; once more finds their rows.
+                log.info("store_retry", channel=event.channel)
+                continue
+            break
         log.info(
             "answered" if reply else "stored", channel=event.channel, kind=reply.kind if reply else event.kind,
             intent=reply.intent_id if reply else None, confidence=reply.confidence if reply else None,
             latency_ms=round(latency_ms, 2), message_id=handled.reply_id,
         )
+        if reply is not None:
+            record_decision(event.channel, reply.kind)
         return handled
+
+    def _seen(self, event: InboundEvent) -> bool:
+        """Whether this platform event is already stored (a retried or doubled delivery)."""
+        if event.event_id is None:
+            return False
+        with self.sessions() as session:
+            return session.scalar(select(Message.id).where(
+                Message.channel == event.channel, Message.external_id == event.event_id)) is not None
 
     @staticmethod
     def _review(session: Session, event: InboundEvent, conversation: Conversation, inbound: Message,
@@ -147,6 +172,8 @@ class Pipeline:
             return
         # Typed text only: a tapped button (e.g. "talk to staff") has no wording to teach from;
         # the handover inbox shows those conversations.
+        if reply.kind == "fallback" and reply.intent_id:
+            return  # a recognised out-of-scope topic, declined with its own reply: nothing to teach
         if reply.kind in REVIEW_KINDS and event.kind == "text" and inbound.text.strip():
             session.add(ReviewItem(message_id=outbound.id, question_id=inbound.id, conversation_id=conversation.id,
                                    channel=event.channel, reason=reply.kind, text=inbound.text))
@@ -205,6 +232,7 @@ class Pipeline:
 
     def feedback(self, message_id: str, helpful: bool, comment: str | None = None) -> bool:
         """Record (or replace) feedback on a bot reply; False if there is no such reply."""
+        comment = mask_pii(comment) if comment else comment  # a citizen's free text, like a message
         with self.sessions() as session, session.begin():
             message = session.get(Message, message_id)
             if message is None or message.direction != "out":

@@ -4,7 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from knowledge.loader import CONTENT_DIR
@@ -38,12 +38,35 @@ class Settings(BaseSettings):
     handover_minutes: int = Field(60 * 24, description="how long the bot stays quiet after a person takes over")
     dispatch_interval: float = Field(0.2, description="seconds between outbox polls when idle")
 
+    # Abuse resistance (app/ratelimit.py): limits are per process (N processes: up to N times them)
+    rate_per_minute: float = Field(20, ge=0, description="messages one sender may send a minute (0: no limit)")
+    rate_burst: int = Field(10, ge=1, description="messages one sender may send at once before the rate applies")
+    rate_per_address_minute: float = Field(
+        120, ge=0, description="public API calls one client address may make a minute, whatever its session ids (0: no limit)")
+    api_max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest request body the public API accepts")
+
     # Staff console (/admin)
     console_session_hours: float = Field(12, description="a console login lasts this long")
     cookie_secure: bool | None = Field(
         None, description="Secure flag on the console cookie; unset: on when the request came over HTTPS")
     login_max_failures: int = Field(5, description="failed logins per username (and 4x per address) in 15 minutes")
     eval_dir: Path = Field(Path("tests/eval"), description="evaluation set the console runs before a publish")
+    kb_poll_seconds: float = Field(
+        5, description="how often each process looks for a newly published knowledge base (0: never)")
+
+    # Privacy (Decree 13/2023/ND-CP): inbound text is stored masked; the original only on request,
+    # encrypted (see app/privacy.py).
+    store_original: bool = Field(False, description="also keep each inbound original, encrypted with data_key")
+    data_key: SecretStr | None = Field(
+        None, description="Fernet key(s), comma-separated (the first encrypts); `vssbot privacy keygen`")
+
+    @model_validator(mode="after")
+    def _privacy_key(self) -> "Settings":
+        # fail at start-up, not at the first message: the originals could not be stored or read
+        from app.privacy import TextVault
+
+        TextVault.from_settings(self)  # raises PrivacyError, which says what to set
+        return self
 
     @property
     def messenger_enabled(self) -> bool:

@@ -24,7 +24,6 @@ import hmac
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -95,14 +95,14 @@ def _pydantic_problems(rel: str, raw: dict[str, Any], err: ValidationError, what
     return out
 
 
-def _read_yaml(path: Path, rel: str, problems: list[Problem]) -> dict[str, Any] | None:
+def _read_yaml(raw: bytes, rel: str, problems: list[Problem]) -> dict[str, Any] | None:
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(raw.decode("utf-8"), Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problems.append(Problem(rel, (mark.line + 1) if mark else 0, f"bad YAML: {exc.problem or exc}"))
         return None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
         problems.append(Problem(rel, 0, f"cannot read: {exc}"))
         return None
     if not isinstance(data, dict):
@@ -111,9 +111,9 @@ def _read_yaml(path: Path, rel: str, problems: list[Problem]) -> dict[str, Any] 
     return data
 
 
-def _load_parameters(path: Path, rel: str, problems: list[Problem]) -> dict[str, Parameter]:
+def _load_parameters(raw_file: bytes, rel: str, problems: list[Problem]) -> dict[str, Parameter]:
     params: dict[str, Parameter] = {}
-    data = _read_yaml(path, rel, problems)
+    data = _read_yaml(raw_file, rel, problems)
     if data is None:
         return params
     for raw in data.get("parameters") or []:
@@ -131,8 +131,8 @@ def _load_parameters(path: Path, rel: str, problems: list[Problem]) -> dict[str,
     return params
 
 
-def _load_entries(path: Path, rel: str, problems: list[Problem]) -> list[Entry]:
-    data = _read_yaml(path, rel, problems)
+def _load_entries(raw_file: bytes, rel: str, problems: list[Problem]) -> list[Entry]:
+    data = _read_yaml(raw_file, rel, problems)
     if data is None:
         return []
     regime = data.get("regime")
@@ -218,6 +218,23 @@ def _phrasing_collisions(entries: list[Entry], key_of: QuestionKey) -> list[Prob
     return problems
 
 
+def read_folder(content_dir: Path) -> dict[str, bytes]:
+    """The folder's knowledge files (`*.yaml`), file name -> bytes as stored."""
+    return {path.name: path.read_bytes() for path in sorted(Path(content_dir).glob("*.yaml"))}
+
+
+def content_hash(files: Mapping[str, str | bytes]) -> str:
+    """The version of a set of files: it changes whenever any file's name or content does."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + _as_bytes(files[name]))
+    return digest.hexdigest()[:12]
+
+
+def _as_bytes(content: str | bytes) -> bytes:
+    return content.encode("utf-8") if isinstance(content, str) else content
+
+
 def load_knowledge(
     content_dir: Path | None = None, today: date | None = None, question_key: QuestionKey = plain_key
 ) -> KnowledgeBase:
@@ -226,21 +243,28 @@ def load_knowledge(
     root = Path(content_dir or CONTENT_DIR)
     if not root.is_dir():
         raise KnowledgeError([Problem(str(root), 0, "knowledge directory not found")])
+    return load_files(read_folder(root), today, question_key, where=str(root))
+
+
+def load_files(
+    files: Mapping[str, str | bytes], today: date | None = None, question_key: QuestionKey = plain_key,
+    where: str = "knowledge base",
+) -> KnowledgeBase:
+    """Load and validate file texts held in memory (file name -> YAML), as `load_knowledge` does
+    a folder: the same problems and, for the same texts, the same version. `where` names the
+    whole in a problem that belongs to no file."""
     problems: list[Problem] = []
-    digest = hashlib.sha256()
-    files = sorted(root.glob("*.yaml"))
     params: dict[str, Parameter] = {}
     entries: list[Entry] = []
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-        rel = path.name
-        if path.name == PARAMETERS_FILE:
-            params = _load_parameters(path, rel, problems)
+    for name in sorted(files):
+        raw = _as_bytes(files[name])
+        if name == PARAMETERS_FILE:
+            params = _load_parameters(raw, name, problems)
         else:
-            entries.extend(_load_entries(path, rel, problems))
+            entries.extend(_load_entries(raw, name, problems))
     if not entries and not problems:
-        problems.append(Problem(str(root), 0, "no entries found"))
+        problems.append(Problem(where, 0, "no entries found"))
     problems.extend(_check_entries(entries, params, today or date.today(), question_key))
     if problems:
         raise KnowledgeError(problems)
-    return KnowledgeBase(entries=entries, parameters=params, version=digest.hexdigest()[:12])
+    return KnowledgeBase(entries=entries, parameters=params, version=content_hash(files))

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import httpx
@@ -183,3 +184,47 @@ def console(services: Services) -> Iterator[Console]:
             yield c
         finally:
             c.close()
+
+
+# --- The browser (Debian's Chromium, driven by Playwright) ----------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: the browser tests must run, not be skipped)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the whole module."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed (pip install -e '.[test]')")
+    if not CHROMIUM.exists():
+        _unavailable(f"{CHROMIUM} is missing (apt-get install -y chromium); the tests never download a browser")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+# --- Stand-in Messenger and Zalo APIs --------------------------------------------------------------
+
+
+@pytest.fixture
+def platform() -> Iterator[Any]:
+    """The stand-in Graph API and Zalo API on loopback (tests/test_channels.py: Platform)."""
+    from tests.test_channels import Platform
+
+    p = Platform()
+    yield p
+    p.server.shutdown()

@@ -99,22 +99,21 @@ def wait_for(pred: Callable[[], Any], seconds: float = 10) -> Any:
     return pred()
 
 
-@pytest.fixture
-def platform() -> Iterator[Platform]:
-    p = Platform()
-    yield p
-    p.server.shutdown()
-
-
-@pytest.fixture
-def server(platform: Platform, database_url: str, bot: Bot) -> Iterator[tuple[LiveServer, Services]]:
-    settings = Settings(
+def channel_settings(platform: Platform, database_url: str, **overrides: Any) -> Settings:
+    """Both channels on, against the stand-in APIs of `platform`."""
+    return Settings(
         database_url=database_url, messenger_verify_token=VERIFY, messenger_app_secret=APP_SECRET,
         messenger_page_token=PAGE_TOKEN, messenger_api_base=platform.url + "/graph",
         zalo_app_id=ZALO_APP, zalo_app_secret=ZALO_SECRET, zalo_oa_secret=OA_SECRET,
         zalo_access_token="zalo-access-old", zalo_refresh_token="refresh-1",
         zalo_api_base=platform.url + "/zalo", zalo_oauth_base=platform.url + "/oauth", dispatch_interval=0.05,
+        **overrides,
     )
+
+
+@pytest.fixture
+def server(platform: Platform, database_url: str, bot: Bot) -> Iterator[tuple[LiveServer, Services]]:
+    settings = channel_settings(platform, database_url)
     services = build_services(settings, bot=bot)
     assert services.dispatcher is not None
     services.dispatcher.policy = RetryPolicy(base_delay=0.05, max_attempts=4)

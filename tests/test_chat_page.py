@@ -6,7 +6,6 @@ not pass by silently skipping them. Never `playwright install`: the system brows
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,6 @@ from sqlalchemy import select
 
 from app.db.models import Feedback, Message
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 TIMEOUT_MS = 10_000
 PHONE = {"width": 390, "height": 844}
 SCREENSHOT = Path("/tmp/vssbot-chat-390.png")
@@ -37,27 +31,6 @@ AMBIGUOUS = [  # short and vague: answered with options (kind "clarify")
     "thất nghiệp", "lương hưu", "thai sản", "bhyt con", "bhyt miễn", "6 tháng", "tiền lương", "khi nào"]
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set: the browser tests must run, not be skipped)", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the whole module."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed (pip install -e '.[test]')")
-    if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} is missing (apt-get install -y chromium); the tests never download a browser")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

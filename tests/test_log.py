@@ -77,3 +77,39 @@ def test_migrations_leave_the_database_at_head(services: Services) -> None:
 
     head = ScriptDirectory.from_config(alembic_config(services.settings.database_url)).get_current_head()
     assert head is not None and current_revision(services.engine) == head
+
+
+def test_first_messages_of_a_new_person_at_the_same_moment_are_both_kept(services) -> None:  # type: ignore[no-untyped-def]
+    """Two different first messages of one new person, stored concurrently: both are kept and
+    answered (the loser of the race on the person's row retries), none is taken for a retry."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from app.db.models import Message, Person
+    from webhooks.base import InboundEvent
+
+    barrier = threading.Barrier(2)
+    results: list[object] = []
+
+    def send(i: int) -> None:
+        barrier.wait()
+        results.append(services.pipeline.handle(InboundEvent(
+            channel="messenger", user_id="racer", text=f"nghỉ thai sản mấy tháng {i}", event_id=f"race-{i}")))
+
+    for _ in range(3):
+        results.clear()
+        with services.sessions() as db, db.begin():
+            db.query(Person).filter(Person.external_id == "racer").delete()
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(r is not None for r in results)
+        with services.sessions() as db:
+            assert db.scalar(select(func.count()).select_from(Person).where(Person.external_id == "racer")) == 1
+            assert db.scalar(select(func.count()).select_from(Message).where(Message.direction == "in",
+                                                                              Message.external_id.like("race-%"))) == 2
+            db.query(Message).filter(Message.external_id.like("race-%")).delete(synchronize_session=False)
+            db.commit()

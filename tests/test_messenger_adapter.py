@@ -708,3 +708,19 @@ def test_profile_payload_per_locale() -> None:
 def test_profile_payload_rejects_what_meta_would(greeting: Any, menu: Any, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         messenger.profile_payload(greeting, menu)
+
+
+def test_send_with_a_message_tag_uses_message_tag_on_every_part(graph: FakeGraph) -> None:
+    # A staff reply 24 h - 7 days after the person's last message goes out with the HUMAN_AGENT tag.
+    long = " ".join(f"Câu số {i} của cán bộ trả lời." for i in range(120))
+    msg = replace(reply(long), tag="HUMAN_AGENT")
+    assert send(graph.url, msg).ok
+    assert len(graph.requests) > 1
+    for req in graph.requests:
+        assert req.body["messaging_type"] == "MESSAGE_TAG" and req.body["tag"] == "HUMAN_AGENT"
+        assert req.body["message"]["metadata"] == messenger.ECHO_METADATA  # its echo is still the bot's own
+
+
+def test_send_without_a_tag_is_a_plain_response(graph: FakeGraph) -> None:
+    assert send(graph.url, reply("Dạ, em chào anh.")).ok
+    assert graph.requests[0].body["messaging_type"] == "RESPONSE" and "tag" not in graph.requests[0].body

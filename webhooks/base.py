@@ -41,6 +41,9 @@ class OutboundMessage:
     options: tuple[Option, ...] = ()
     lang: str = "vi"
     skip_parts: int = 0  # a long text goes out in parts: those already delivered by an earlier try
+    # A platform message tag (Messenger: "HUMAN_AGENT" lets a staff member answer 24 h - 7 days
+    # after the person's last message); None: an ordinary reply inside the standard window.
+    tag: str | None = None
 
 
 @dataclass(frozen=True)

@@ -319,7 +319,8 @@ def _quick_replies(options: Sequence[Option]) -> list[dict[str, str]]:
 
 
 async def send(client: httpx.AsyncClient, base_url: str, token: str, msg: OutboundMessage) -> SendResult:
-    """Send a reply as one or more `POST {base_url}/me/messages` (RESPONSE), options as quick replies on the last.
+    """Send a reply as one or more `POST {base_url}/me/messages` (RESPONSE, or MESSAGE_TAG with `msg.tag`),
+    options as quick replies on the last.
 
     Parts go out in order and stop at the first failure, whose classification is returned; the
     message id is the last part's.
@@ -335,7 +336,9 @@ async def send(client: httpx.AsyncClient, base_url: str, token: str, msg: Outbou
         message: dict[str, Any] = {"text": part, "metadata": ECHO_METADATA}
         if number == len(parts) and msg.options:
             message["quick_replies"] = _quick_replies(msg.options)
-        body = {"recipient": {"id": msg.user_id}, "messaging_type": "RESPONSE", "message": message}
+        body: dict[str, Any] = {"recipient": {"id": msg.user_id}, "messaging_type": "RESPONSE", "message": message}
+        if msg.tag:  # outside the 24 h window only a tagged message may go out (HUMAN_AGENT: a person, <= 7 days)
+            body["messaging_type"], body["tag"] = "MESSAGE_TAG", msg.tag
         result = await _post(client, url, token, body)
         if not result.ok:
             if number > 1:  # the outbox keeps the count, so that a retry resumes at this part

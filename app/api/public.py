@@ -5,10 +5,12 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from app.ratelimit import client_address, rate_limits, retry_after_header, too_fast_detail
 from app.services import Services
 from webhooks.base import InboundEvent
 
@@ -60,13 +62,45 @@ class FeedbackRequest(BaseModel):
     comment: str | None = Field(None, max_length=2000)
 
 
-@router.post("/api/v1/ask", response_model=AskResponse)
-async def ask(body: AskRequest, services: ServicesDep) -> AskResponse:
+class ErrorOut(BaseModel):
+    detail: str
+
+
+# Answers every public route may give besides its own (documented so that clients, and the
+# schemathesis run in the tests, know them). 422 keeps FastAPI's own shape: `detail` is a list.
+ERRORS: dict[int | str, dict[str, object]] = {
+    413: {"model": ErrorOut, "description": "body larger than VSSBOT_API_MAX_BODY_BYTES"},
+    429: {"model": ErrorOut, "description": "too many messages from this sender or address; wait Retry-After seconds",
+          "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}},
+    500: {"model": ErrorOut, "description": "unexpected error (logged with the request id; no detail is shown)"},
+}
+
+
+def _limit(request: Request, *keys: str) -> None:
+    """Count this call against its sender and its address; 429 when either is over its limit."""
+    limits = rate_limits(request)
+    address = client_address(request)
+    for limiter, key in ((limits.address, f"addr:{address}"), *((limits.sender, k) for k in keys)):
+        decision = limiter.hit(key)
+        if not decision.allowed:
+            raise HTTPException(status_code=429, detail=too_fast_detail(decision.retry_after),
+                                headers={"Retry-After": retry_after_header(decision.retry_after)})
+
+
+def _invalid(field: str, kind: str, msg: str, **ctx: object) -> RequestValidationError:
+    """A 422 in FastAPI's own shape, for checks the request model cannot make itself."""
+    return RequestValidationError([{"type": kind, "loc": ("body", field), "msg": msg, **({"ctx": ctx} if ctx else {})}])
+
+
+@router.post("/api/v1/ask", response_model=AskResponse, responses=ERRORS)
+async def ask(body: AskRequest, services: ServicesDep, request: Request) -> AskResponse:
+    # keyed by the conversation when there is one, else by the address (which `_limit` counts anyway)
+    _limit(request, f"web:{body.session_id}" if body.session_id else f"web-addr:{client_address(request)}")
     limit = services.settings.max_text_chars
     if len(body.text) > limit:
-        raise HTTPException(status_code=422, detail=f"text: String should have at most {limit} characters")
+        raise _invalid("text", "string_too_long", f"String should have at most {limit} characters", max_length=limit)
     if body.intent_id is not None and body.intent_id not in services.bot.kb.by_id:
-        raise HTTPException(status_code=422, detail=f"unknown intent_id {body.intent_id!r}")
+        raise _invalid("intent_id", "value_error", f"unknown intent_id {body.intent_id[:80]!r}")
     event = InboundEvent(
         channel="web", user_id=body.session_id or uuid.uuid4().hex, text=body.text, lang=body.lang,
         kind="choice" if body.intent_id else "text", payload=body.intent_id,
@@ -82,15 +116,16 @@ async def ask(body: AskRequest, services: ServicesDep) -> AskResponse:
     )
 
 
-@router.post("/api/v1/feedback")
-async def feedback(body: FeedbackRequest, services: ServicesDep) -> dict[str, bool]:
+@router.post("/api/v1/feedback", responses={**ERRORS, 404: {"model": ErrorOut, "description": "no such bot reply"}})
+async def feedback(body: FeedbackRequest, services: ServicesDep, request: Request) -> dict[str, bool]:
+    _limit(request)  # no sender identity in a rating: the address limit only
     ok = await run_in_threadpool(services.pipeline.feedback, body.message_id, body.helpful, body.comment)
     if not ok:
         raise HTTPException(status_code=404, detail="no bot reply with this message_id")
     return {"ok": True}
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={503: {"description": "the database does not answer (same report)"}})
 async def healthz(services: ServicesDep, response: Response) -> dict[str, object]:
     """200 when the database answers; 503 (with the same report) when it does not."""
     def probe() -> str:

@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from app.console.security import role_allows, token_hash
-from app.db.models import AuditLog, StaffSession, StaffUser, as_utc, utcnow
+from app.db.models import AuditLog, StaffSession, as_utc, utcnow
 from app.privacy import mask_pii
 from app.services import Services
 
