@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -138,6 +139,8 @@ class Guard:
 
         try:
             await self.app(scope, receive, watch)
+        except ClientDisconnect:
+            log.info("client_disconnected", method=scope["method"], path=scope["path"])  # nobody to answer
         except Exception as exc:
             rid = _request_id(scope)
             log.error("unhandled_error", method=scope["method"], path=scope["path"], error=type(exc).__name__,

@@ -1,22 +1,43 @@
 """The staff console under /admin: login, review queue, knowledge base, conversations, dashboard."""
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.console import auth, conversations, dashboard, kb, review, users
-from app.console.deps import LANG_COOKIE, LoginRequired, console_lang, render
+from app.console.deps import LANG_COOKIE, LoginRequired, render
 
 ROUTERS = (auth.router, review.router, kb.router, conversations.router, dashboard.router, users.router)
 
 
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/admin/api/") or "application/json" in request.headers.get("accept", "")
+
+
+class RememberLanguage:
+    """`?lang=en|vi` on a console page sets the language cookie (pure ASGI: no cost elsewhere)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/admin") or b"lang=" not in scope["query_string"]:
+            await self.app(scope, receive, send)
+            return
+        lang = "en" if b"lang=en" in scope["query_string"] else "vi"
+        cookie = f"{LANG_COOKIE}={lang}; Max-Age={365 * 86400}; Path=/; SameSite=lax".encode()
+
+        async def with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"set-cookie", cookie))
+            await send(message)
+
+        await self.app(scope, receive, with_cookie)
 
 
 def install(app: FastAPI) -> None:
@@ -38,12 +59,6 @@ def install(app: FastAPI) -> None:
                           status_code=exc.status_code)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.middleware("http")
-    async def _remember_language(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        if request.url.path.startswith("/admin") and "lang" in request.query_params:
-            response.set_cookie(LANG_COOKIE, console_lang(request), max_age=365 * 86400, samesite="lax")
-        return response
-
+    app.add_middleware(RememberLanguage)
 
 __all__ = ["install", "HTTPException"]

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.console.deps import (
-    LANG_COOKIE, SESSION_COOKIE, DbSession, ServicesDep, ViewerAction, audit, client_ip, console_lang, render,
+    SESSION_COOKIE, DbSession, ServicesDep, ViewerAction, audit, client_ip, console_lang, render,
 )
 from app.console.security import new_token, token_hash, verify_password
 from app.db.models import LoginAttempt, StaffSession, StaffUser, utcnow
@@ -36,10 +36,7 @@ def _too_many_failures(db: Session, username: str, ip: str, limit: int) -> bool:
 
 @router.get("/admin/login", response_class=HTMLResponse, include_in_schema=False)
 def login_page(request: Request, next: str = "/admin") -> Response:  # noqa: A002 - the usual name
-    response = render(request, "console/login.html", {"next": _safe_next(next)})
-    if "lang" in request.query_params:
-        response.set_cookie(LANG_COOKIE, console_lang(request), max_age=365 * 86400, samesite="lax")
-    return response
+    return render(request, "console/login.html", {"next": _safe_next(next)})
 
 
 @router.post("/admin/login", include_in_schema=False)
