@@ -114,7 +114,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await dispatcher.run(stop)
+        services.inbox.on_processed = dispatcher.wake.set
+        # the serving processes store webhook deliveries; any process may answer them
+        await asyncio.gather(dispatcher.run(stop), services.inbox.run(stop, write=False))
 
     asyncio.run(main())
     return 0

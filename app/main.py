@@ -53,6 +53,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         svc = app.state.services = services or build_services(settings)
         stop = asyncio.Event()
         task = asyncio.create_task(svc.dispatcher.run(stop)) if svc.dispatcher and svc.dispatcher.senders else None
+        if svc.dispatcher is not None:
+            svc.inbox.on_processed = svc.dispatcher.wake.set
+        inbox = asyncio.create_task(svc.inbox.run(stop))
         poller = asyncio.create_task(poll_kb(svc, stop)) if svc.settings.kb_poll_seconds > 0 else None
         try:
             yield
@@ -63,6 +66,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                 await task
             if poller is not None:
                 await poller
+            await inbox
             if owned:
                 svc.close()
 

@@ -108,12 +108,8 @@ class RateLimits:
 
 
 def rate_limits(request: Request) -> RateLimits:
-    """This application's limiters, made on first use from its settings."""
-    state = request.app.state
-    limits: RateLimits | None = getattr(state, "rate_limits", None)
-    if limits is None:  # no await in between: two requests cannot both create one
-        limits = state.rate_limits = RateLimits.from_settings(state.services.settings)
-    return limits
+    """This process's limiters (made with its services, from its settings)."""
+    return request.app.state.services.limits
 
 
 def client_address(request: Request) -> str:

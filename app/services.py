@@ -1,6 +1,7 @@
 """The long-lived objects of one process (bot, database, pipeline), built from settings."""
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -10,13 +11,15 @@ import structlog
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import kbstore
+from app import ingest, kbstore
 from app.bot import Bot
 from app.db.models import KbVersion
 from app.db.session import make_engine, make_sessionmaker, upgrade
+from app.inbox import Inbox
 from app.outbox import Dispatcher, Sender
 from app.pipeline import Pipeline
 from app.privacy import TextVault
+from app.ratelimit import RateLimits
 from app.settings import Settings
 from app.tokens import ZaloTokens
 from knowledge.loader import KnowledgeBase, KnowledgeError
@@ -37,6 +40,8 @@ class Services:
     dispatcher: Dispatcher | None = None
     zalo_tokens: ZaloTokens | None = None
     kb_version_id: int | None = None  # the published version (kb_versions.id) the bot serves
+    inbox: Inbox = field(init=False)  # webhook deliveries stored before their 200, answered from there
+    limits: RateLimits = field(init=False)  # per-sender rate limits of this process
     _kb_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def close(self) -> None:
@@ -94,6 +99,9 @@ def build_services(settings: Settings, migrate: bool = True, bot: Bot | None = N
     pipeline = Pipeline(bot, sessions, match_chars=settings.match_chars, handover=timedelta(minutes=settings.handover_minutes),
                         vault=TextVault.from_settings(settings))
     services = Services(settings, bot, engine, sessions, pipeline, kb_version_id=live_id)
+    services.limits = RateLimits.from_settings(settings)
+    services.inbox = Inbox(sessions, functools.partial(ingest.process, pipeline, services.limits),
+                           interval=settings.dispatch_interval)
     senders: dict[str, Sender] = {}
     if settings.messenger_enabled:
         base, token = settings.messenger_api_base, settings.messenger_page_token or ""

@@ -228,3 +228,19 @@ def platform() -> Iterator[Any]:
     p = Platform()
     yield p
     p.server.shutdown()
+
+
+def settle(services: Services, timeout: float = 20.0) -> None:
+    """Wait until the webhook inbox is empty: every stored delivery has been answered (the live
+    server's processor works in the background, as in production)."""
+    from sqlalchemy import func, select
+
+    from app.db.models import InboxDelivery
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with services.sessions() as db:
+            if not db.scalar(select(func.count()).select_from(InboxDelivery).where(InboxDelivery.status == "pending")):
+                return
+        time.sleep(0.05)
+    raise AssertionError("the inbox did not empty in time")

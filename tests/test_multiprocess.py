@@ -27,13 +27,12 @@ from app.services import Services, build_services
 from app.settings import Settings
 from tests.conftest import free_port
 from tests.test_channels import (  # the stand-in Graph API and signed deliveries
-    APP_SECRET, PAGE_TOKEN, VERIFY, Platform, count, messenger_post, platform, text_event, wait_for,
+    APP_SECRET, PAGE_TOKEN, VERIFY, Platform, count, messenger_post, text_event, wait_for,
 )
 from webhooks import messenger
 from webhooks.base import InboundEvent
 
 ROOT = Path(__file__).resolve().parent.parent
-__all__ = ["platform"]  # a fixture, used by name
 QUESTIONS = ("nghỉ thai sản được mấy tháng", "rút bhxh 1 lần", "trợ cấp thất nghiệp được bao nhiêu",
              "thẻ bhyt bị mất làm lại ở đâu", "đóng bhxh bao nhiêu năm thì được lương hưu")
 

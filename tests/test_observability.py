@@ -263,6 +263,7 @@ def test_not_ready_when_the_database_is_unreachable(services: Services) -> None:
     url = f"postgresql+psycopg://vssbot:db-password@127.0.0.1:{free_port()}/vssbot"
     engine = make_engine(url)
     cut_off = dataclasses.replace(services, engine=engine, sessions=make_sessionmaker(engine), dispatcher=None)
+    cut_off.inbox, cut_off.limits = services.inbox, services.limits  # not init fields: replace() leaves them out
     with LiveServer(cut_off, health_ok=False) as live:
         r = httpx.get(live.url + "/readyz")
         metrics = scrape(live.url)

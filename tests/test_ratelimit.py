@@ -15,7 +15,7 @@ from app.outbox import RetryPolicy
 from app.ratelimit import SLOW_DOWN, RateLimiter, retry_after_header
 from app.services import Services, build_services
 from app.settings import Settings
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, settle
 from tests.test_channels import (  # the stand-in Graph and Zalo APIs (fixture `platform`), signed deliveries
     Platform, channel_settings, count, messenger_post, text_event, wait_for, zalo_post,
 )
@@ -156,6 +156,7 @@ def test_a_messenger_flood_is_stored_answered_once_with_a_notice_and_others_unaf
     flood = [text_event("flooder", f"m_f{i}", "tuổi nghỉ hưu của nam là bao nhiêu") for i in range(6)]
     r = messenger_post(live.url, [*flood, text_event("calm", "m_c1", "thẻ bhyt bị mất làm lại ở đâu")])
     assert r.status_code == 200 and r.json() == {"status": "EVENT_RECEIVED"}  # the platform is never refused
+    settle(services)
     queued = outbox_texts(services, "flooder")
     assert len(queued) == 4 and queued[3] == SLOW_DOWN["vi"]  # three answers, then one polite notice
     assert len(outbox_texts(services, "calm")) == 1
@@ -163,6 +164,7 @@ def test_a_messenger_flood_is_stored_answered_once_with_a_notice_and_others_unaf
     # more from the flooder in the same window: stored, not answered, no second notice
     for i in range(6, 9):
         assert messenger_post(live.url, [text_event("flooder", f"m_f{i}", "alo alo")]).status_code == 200
+    settle(services)
     assert len(outbox_texts(services, "flooder")) == 4
     assert count(services, Message, Message.direction == "in", Message.external_id.like("m_f%")) == 9
     sent = wait_for(lambda: len(platform.sent_to("flooder")) == 4 and platform.sent_to("flooder"), 15)
@@ -178,6 +180,7 @@ def test_an_english_flood_gets_the_notice_in_english(channels) -> None:  # type:
     live, services = channels
     flood = [text_event("en-user", f"m_e{i}", "how much is the maternity benefit") for i in range(5)]
     assert messenger_post(live.url, flood).status_code == 200
+    settle(services)
     queued = outbox_texts(services, "en-user")
     assert len(queued) == 4 and queued[-1] == SLOW_DOWN["en"]
 
@@ -188,6 +191,7 @@ def test_a_zalo_flood_gets_200_one_notice_and_others_unaffected(channels) -> Non
              for i in range(6)]
     assert codes == [200] * 6
     assert zalo_post(live.url, "zcalm", "zc1", "thẻ bhyt bị mất làm lại ở đâu").status_code == 200
+    settle(services)
     queued = outbox_texts(services, "zflood")
     assert len(queued) == 4 and queued[3] == SLOW_DOWN["vi"]
     assert len(outbox_texts(services, "zcalm")) == 1

@@ -259,3 +259,21 @@ class KbDraft(Base):
     base_version: Mapped[str | None] = mapped_column(String(32))
     updated_by: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class InboxDelivery(Base):
+    """A verified webhook delivery, stored before the platform gets its 200 and answered from here
+    (so the acknowledgement costs one batched insert, not the matching and the conversation log)."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (Index("ix_inbox_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)  # the raw JSON, as the platform signed it
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)

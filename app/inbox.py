@@ -1,0 +1,176 @@
+"""The webhook inbox: a verified delivery is stored before the platform gets its 200, and answered
+from the database afterwards.
+
+Why: the acknowledgement should cost as little as possible (a platform that waits retries, and a
+slow webhook gets disabled), and must not lose what it acknowledged. So the route only verifies,
+and `Inbox.put` waits until the raw body is committed. Puts that arrive while a commit is under
+way are written together in the next one (group commit: one transaction for many deliveries).
+The processor claims stored deliveries like the outbox does (on PostgreSQL with `FOR UPDATE SKIP
+LOCKED`, on SQLite with a conditional UPDATE; a lease lets another process retake what a crashed
+one held) and hands each to `process` (parse, rate limits, pipeline: app/ingest.py), which is
+idempotent per platform event id, so a delivery processed twice is answered once.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db.models import InboxDelivery, utcnow
+
+log = structlog.get_logger(__name__)
+
+Process = Callable[[str, str], int]  # (channel, raw body) -> events answered; raises to retry later
+MAX_ATTEMPTS = 5
+
+
+def _due(now):  # type: ignore[no-untyped-def]
+    return or_(
+        and_(InboxDelivery.status == "pending", InboxDelivery.lease_until.is_(None), InboxDelivery.next_attempt_at <= now),
+        and_(InboxDelivery.status == "pending", InboxDelivery.lease_until < now),
+    )
+
+
+class Inbox:
+    def __init__(self, sessions: sessionmaker[Session], process: Process | None = None, *, batch: int = 50,
+                 interval: float = 0.2, lease: float = 60.0):
+        self.sessions = sessions
+        self.process = process
+        self.batch = batch
+        self.interval = interval
+        self.lease = lease
+        self.wake = asyncio.Event()  # a new delivery is stored: process now
+        self.on_processed: Callable[[], None] | None = None  # e.g. wake the outbox dispatcher
+        self._pending: list[tuple[str, str, asyncio.Future[None]]] = []
+        self._kick = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    # --- storing (the request path) -----------------------------------------------------------
+
+    async def put(self, channel: str, body: str) -> None:
+        """Return once the delivery is committed (raises if it could not be: no 200 then)."""
+        if self._writer is None or self._writer.done():
+            await asyncio.to_thread(self._insert, [(channel, body)])  # no writer task (a test, a CLI)
+            self.wake.set()
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((channel, body, future))
+        self._kick.set()
+        await future
+
+    def _insert(self, rows: list[tuple[str, str]]) -> None:
+        now = utcnow()
+        with self.sessions() as session, session.begin():
+            session.execute(insert(InboxDelivery), [
+                {"channel": c, "body": b, "received_at": now, "next_attempt_at": now, "status": "pending", "attempts": 0}
+                for c, b in rows
+            ])
+
+    async def _write(self, stop: asyncio.Event) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                try:
+                    await asyncio.to_thread(self._insert, [(c, b) for c, b, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - each waiting request gets the error (a 503)
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+                    self.wake.set()
+            if stop.is_set() and not self._pending:
+                return
+
+    # --- processing ---------------------------------------------------------------------------
+
+    def claim(self) -> list[InboxDelivery]:
+        now = utcnow()
+        lease = {"lease_until": now + timedelta(seconds=self.lease)}
+        due = select(InboxDelivery.id).where(_due(now)).order_by(InboxDelivery.id).limit(self.batch)
+        claimed: list[int] = []
+        with self.sessions() as session, session.begin():
+            if session.get_bind().dialect.name == "postgresql":
+                claimed = list(session.scalars(due.with_for_update(skip_locked=True)).all())
+                if claimed:
+                    session.execute(update(InboxDelivery).where(InboxDelivery.id.in_(claimed)).values(**lease))
+            else:
+                for row_id in session.scalars(due).all():
+                    result = session.execute(
+                        update(InboxDelivery).where(InboxDelivery.id == row_id, _due(now)).values(**lease))
+                    if result.rowcount == 1:  # type: ignore[attr-defined]
+                        claimed.append(row_id)
+            rows = list(session.scalars(
+                select(InboxDelivery).where(InboxDelivery.id.in_(claimed)).order_by(InboxDelivery.id)).all())
+            session.expunge_all()
+        return rows
+
+    def process_claimed(self, rows: list[InboxDelivery]) -> int:
+        """Answer claimed deliveries in order; a processed one is deleted (the conversation log
+        keeps what it said), a failing one is retried later and kept as failed in the end."""
+        assert self.process is not None
+        answered = 0
+        for row in rows:
+            try:
+                answered += self.process(row.channel, row.body)
+            except Exception as exc:  # noqa: BLE001 - recorded on the row, retried later
+                self._failed(row, exc)
+                continue
+            with self.sessions() as session, session.begin():
+                session.execute(delete(InboxDelivery).where(InboxDelivery.id == row.id))
+        return answered
+
+    def _failed(self, row: InboxDelivery, exc: Exception) -> None:
+        attempts = row.attempts + 1
+        gave_up = attempts >= MAX_ATTEMPTS
+        log.error("inbox_failed", inbox_id=row.id, channel=row.channel, attempts=attempts, gave_up=gave_up,
+                  error=type(exc).__name__, exc_info=True)
+        with self.sessions() as session, session.begin():
+            session.execute(update(InboxDelivery).where(InboxDelivery.id == row.id).values(
+                attempts=attempts, lease_until=None, last_error=f"{type(exc).__name__}: {exc}"[:1000],
+                status="failed" if gave_up else "pending",
+                next_attempt_at=utcnow() + timedelta(seconds=2 ** attempts)))
+
+    def drain(self) -> int:
+        """Process everything due now (tests and the CLI; the server runs `run`)."""
+        total = 0
+        while rows := self.claim():
+            total += self.process_claimed(rows)
+        return total
+
+    async def _process(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                rows = await asyncio.to_thread(self.claim)
+                if rows:
+                    if await asyncio.to_thread(self.process_claimed, rows) and self.on_processed:
+                        self.on_processed()
+                    continue  # there may be more
+            except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the loop
+                log.warning("inbox_poll_failed", error=f"{type(exc).__name__}: {exc}")
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=self.interval)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+
+    async def run(self, stop: asyncio.Event, write: bool = True) -> None:
+        """The writer (group commits for `put`) and, when there is a `process`, the processor."""
+        tasks = []
+        if write:
+            self._writer = asyncio.create_task(self._write(stop))
+            tasks.append(self._writer)
+        if self.process is not None:
+            tasks.append(asyncio.create_task(self._process(stop)))
+        await stop.wait()
+        self._kick.set()
+        self.wake.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
