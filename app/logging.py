@@ -58,8 +58,19 @@ class MaskFilter(logging.Filter):
         return True
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was set up (a test's
+    captured stream, closed after it, must not become every later log line's destination)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(level: str = "INFO", json: bool = False, stream: TextIO | None = None) -> None:
-    stream = stream or sys.stderr
+    stream = stream or _CurrentStderr()  # type: ignore[assignment]
     logging.basicConfig(stream=stream, level=level.upper(), format="%(message)s", force=True)
     for handler in logging.getLogger().handlers:
         # on the handler, not the logger: records propagated from child loggers pass handler filters only

@@ -67,11 +67,7 @@ def json_log() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     buffer = io.StringIO()
-    saved_stderr, sys.stderr = sys.stderr, buffer
-    try:
-        setup_logging("INFO", json=True)
-    finally:
-        sys.stderr = saved_stderr
+    setup_logging("INFO", json=True, stream=buffer)
     yield buffer
     structlog.configure(**saved_structlog)
     root.handlers[:], root.level = saved_handlers, saved_level

@@ -17,7 +17,8 @@ from webhooks.base import InboundEvent
 router = APIRouter()
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request
     return request.app.state.services
 
 

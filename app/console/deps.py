@@ -54,7 +54,8 @@ class Staff:
         return role_allows(self.role, role)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request
     return request.app.state.services
 
 
