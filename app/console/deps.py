@@ -61,7 +61,7 @@ async def get_services(request: Request) -> Services:
 
 def get_db(request: Request) -> Iterator[Session]:
     """A session for one request; the route commits what it changes (`db.commit()`)."""
-    with get_services(request).sessions() as session:
+    with request.app.state.services.sessions() as session:
         yield session
 
 
