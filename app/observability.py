@@ -41,6 +41,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # that could forge a line, carry markup or blow up the log is accepted from outside.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+ROUTE_TEMPLATE = "vssbot.route"  # scope key a plain endpoint sets to be counted under its path
 UNMATCHED = "<unmatched>"  # one label for every path no route knows: scanners must not grow the series
 PROBE_TIMEOUT = 5.0  # seconds a readiness or scrape query may take before it counts as failed
 
@@ -106,6 +107,8 @@ def _route_template(scope: Scope, root_path: str) -> str:
     route = scope.get("route")
     if route is not None and getattr(route, "path", None):
         return str(route.path)
+    if scope.get(ROUTE_TEMPLATE):  # a plain Starlette endpoint that named itself (the webhooks)
+        return str(scope[ROUTE_TEMPLATE])
     if scope.get("endpoint") is not None:  # a mounted app (static files): its prefix, not each file
         return scope.get("root_path", "")[len(root_path):] + "/{path}"
     return UNMATCHED
