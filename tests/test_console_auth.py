@@ -148,3 +148,13 @@ def test_users_cli_creates_the_first_admin(tmp_path, monkeypatch) -> None:  # ty
     assert rows == [("lan", "admin", False)]
     assert [a for a, _ in actions] == ["user.create", "user.update"] and actions[0][1].startswith("cli:")
     assert httpx  # imported for type use in helpers
+
+
+def test_admins_see_the_settings_without_secrets(console: Console) -> None:
+    assert console.editor.get("/admin/settings").status_code == 403
+    assert console.anon.get("/admin/settings").status_code == 303
+    page = console.admin.get("/admin/settings")
+    assert page.status_code == 200
+    assert "VSSBOT_HANDOVER_MINUTES" in page.text and "VSSBOT_MESSENGER_APP_SECRET" in page.text
+    assert "(not set)" in page.text  # the Messenger secret in this test server
+    assert "VSSBOT_DATABASE_URL" in page.text

@@ -1,16 +1,17 @@
-"""Console: the start page, staff accounts (admin), the audit log (admin), one's own password."""
+"""Console: the start page, staff accounts, the audit log and the settings (admin), one's own password."""
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 
 from app.console.accounts import AccountError, active_admins, create_user, update_user
-from app.console.deps import Admin, AdminAction, DbSession, Viewer, ViewerAction, client_ip, render
+from app.console.deps import Admin, AdminAction, DbSession, ServicesDep, Viewer, ViewerAction, client_ip, render
 from app.console.security import ROLES, verify_password
 from app.db.models import AuditLog, StaffUser
+from app.services import Services
 
 router = APIRouter()
 AUDIT_PAGE = 100
@@ -76,6 +77,32 @@ def audit_page(request: Request, staff: Admin, db: DbSession, action: str = "", 
     rows = db.scalars(q.offset(max(page, 0) * AUDIT_PAGE).limit(AUDIT_PAGE + 1)).all()
     return render(request, "console/audit.html", {
         "rows": rows[:AUDIT_PAGE], "more": len(rows) > AUDIT_PAGE, "page": page, "action": action, "actor": actor})
+
+
+SECRET_WORDS = ("secret", "token", "key", "password")
+
+
+def _setting_rows(svc: Services) -> list[tuple[str, str, str]]:
+    """(environment variable, value, description) of every setting; secrets only as set / not set,
+    and a database URL without its password."""
+    settings = svc.settings
+    rows = []
+    for name, field in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        if any(word in name for word in SECRET_WORDS):
+            shown = "••• (set)" if value else "(not set)"
+        elif name == "database_url":
+            shown = make_url(str(value)).render_as_string(hide_password=True)
+        else:
+            shown = "" if value is None else str(value)
+        rows.append((f"VSSBOT_{name.upper()}", shown, field.description or ""))
+    return rows
+
+
+@router.get("/admin/settings", response_class=HTMLResponse, include_in_schema=False)
+def settings_page(request: Request, staff: Admin, svc: ServicesDep) -> Response:
+    """The settings this process runs with (read-only: they come from the environment)."""
+    return render(request, "console/settings.html", {"rows": _setting_rows(svc), "kb_version": svc.bot.kb.version})
 
 
 @router.get("/admin/account", response_class=HTMLResponse, include_in_schema=False)
