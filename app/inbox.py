@@ -5,9 +5,8 @@ Why: the acknowledgement should cost as little as possible (a platform that wait
 slow webhook gets disabled), and must not lose what it acknowledged. So the route only verifies,
 and `Inbox.put` waits until the raw body is committed. Puts that arrive while a commit is under
 way are written together in the next one (group commit: one transaction for many deliveries).
-The processor claims stored deliveries like the outbox does (on PostgreSQL with `FOR UPDATE SKIP
-LOCKED`, on SQLite with a conditional UPDATE; a lease lets another process retake what a crashed
-one held) and hands each to `process` (parse, rate limits, pipeline: app/ingest.py), which is
+The processor claims stored deliveries like the outbox does (app/db/claims.py: a lease lets
+another process retake what a crashed one held) and hands each to `process` (parse, rate limits, pipeline: app/ingest.py), which is
 idempotent per platform event id, so a delivery processed twice is answered once.
 """
 from __future__ import annotations
@@ -20,6 +19,7 @@ import structlog
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db.claims import claim_ids
 from app.db.models import InboxDelivery, utcnow
 
 log = structlog.get_logger(__name__)
@@ -95,19 +95,8 @@ class Inbox:
     def claim(self) -> list[InboxDelivery]:
         now = utcnow()
         lease = {"lease_until": now + timedelta(seconds=self.lease)}
-        due = select(InboxDelivery.id).where(_due(now)).order_by(InboxDelivery.id).limit(self.batch)
-        claimed: list[int] = []
         with self.sessions() as session, session.begin():
-            if session.get_bind().dialect.name == "postgresql":
-                claimed = list(session.scalars(due.with_for_update(skip_locked=True)).all())
-                if claimed:
-                    session.execute(update(InboxDelivery).where(InboxDelivery.id.in_(claimed)).values(**lease))
-            else:
-                for row_id in session.scalars(due).all():
-                    result = session.execute(
-                        update(InboxDelivery).where(InboxDelivery.id == row_id, _due(now)).values(**lease))
-                    if result.rowcount == 1:  # type: ignore[attr-defined]
-                        claimed.append(row_id)
+            claimed = claim_ids(session, InboxDelivery, _due(now), lease, self.batch)
             rows = list(session.scalars(
                 select(InboxDelivery).where(InboxDelivery.id.in_(claimed)).order_by(InboxDelivery.id)).all())
             session.expunge_all()

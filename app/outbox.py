@@ -17,9 +17,10 @@ from datetime import datetime, timedelta
 
 import httpx
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db.claims import claim_ids
 from app.db.models import Outbox, utcnow
 from app.observability import record_delivery
 from webhooks.base import Option, OutboundMessage, SendResult
@@ -61,23 +62,8 @@ class Dispatcher:
         """Take due rows for this process (each with a fresh lease)."""
         now = utcnow()
         lease = {"status": "sending", "lease_until": now + timedelta(seconds=self.policy.lease)}
-        due = select(Outbox.id).where(_due(now), Outbox.channel.in_(self.senders)).order_by(Outbox.id).limit(self.batch)
-        claimed = []
         with self.sessions() as session, session.begin():
-            if session.get_bind().dialect.name == "postgresql":
-                # Row locks: concurrent dispatchers each lock different due rows, skipping those
-                # another holds, instead of queueing behind the same first rows. The lease still
-                # lets another dispatcher retake them if this process dies after the commit.
-                claimed = list(session.scalars(due.with_for_update(skip_locked=True)).all())
-                if claimed:
-                    session.execute(update(Outbox).where(Outbox.id.in_(claimed)).values(**lease))
-            else:
-                # SQLite has no row locks (one writer at a time, and one process): a conditional
-                # UPDATE per row, so a row another claim took in between is not taken twice.
-                for row_id in session.scalars(due).all():
-                    result = session.execute(update(Outbox).where(Outbox.id == row_id, _due(now)).values(**lease))
-                    if result.rowcount == 1:  # type: ignore[attr-defined]
-                        claimed.append(row_id)
+            claimed = claim_ids(session, Outbox, and_(_due(now), Outbox.channel.in_(self.senders)), lease, self.batch)
             rows = session.scalars(select(Outbox).where(Outbox.id.in_(claimed)).order_by(Outbox.id)).all() if claimed else []
             session.expunge_all()
         return list(rows)
