@@ -339,7 +339,7 @@ def cmd_kb_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_kb_publish(args: argparse.Namespace, settings: Settings) -> int:
     """Publish a folder's YAML files as the live version (running servers reload within a poll)."""
-    from app import kbstore
+    from app import audit, kbstore
     from app.console.drafts import pending
     from knowledge.loader import KnowledgeError
 
@@ -357,7 +357,7 @@ def cmd_kb_publish(args: argparse.Namespace, settings: Settings) -> int:
             live = kbstore.latest(db)
             print(f"the files of {folder} are the live version already (#{live.id if live else '?'}, {kb.version})")
             return 0
-        kbstore.record(db, _cli_actor(), "kb.publish", f"kb_version:{done.version.id}", {"version": done.before},
+        audit.record(db, _cli_actor(), "kb.publish", f"kb_version:{done.version.id}", {"version": done.before},
                        kbstore.audit_after(done, args.note, source="files"))
         db.commit()
         n_drafts = len(pending(db))

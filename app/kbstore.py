@@ -19,7 +19,8 @@ from pydantic import TypeAdapter
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from app.db.models import AuditLog, KbDraft, KbVersion
+from app.audit import record
+from app.db.models import KbDraft, KbVersion
 from intents.normalize import question_key
 from knowledge.loader import (PARAMETERS_FILE, KnowledgeBase, KnowledgeError, Problem, content_hash, load_files,
                               read_folder)
@@ -82,11 +83,6 @@ def add_version(db: Session, files: Mapping[str, str], source: str, actor: str, 
     db.add(row)
     db.flush()
     return row
-
-
-def record(db: Session, actor: str, action: str, target: str | None, before: Any = None, after: Any = None) -> None:
-    """An audit-log row for a change made outside a web request (start-up, the command line)."""
-    db.add(AuditLog(actor=actor, action=action, target=target, before=before, after=after))
 
 
 def startup_version(db: Session, folder: Path, follow_files: bool = True,

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import Select, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
-from app.db.models import AuditLog, Conversation, Feedback, Message, Outbox, Person, ReviewItem, as_utc, utcnow
+from app import audit
+from app.db.models import Conversation, Feedback, Message, Outbox, Person, ReviewItem, as_utc, utcnow
 from app.privacy import TextVault
 
 EXPORT_FORMAT = "vssbot-privacy-export/1"
@@ -253,4 +254,4 @@ def purge(db: Session, cutoff: datetime, batch: int = 500,
 
 def record(db: Session, actor: str, action: str, target: str | None, counts: Counts, **extra: Any) -> None:
     """The audit row of an export, erase or purge (the caller commits)."""
-    db.add(AuditLog(actor=actor, action=action, target=target, after={**counts.as_dict(), **extra}))
+    audit.record(db, actor, action, target, after={**counts.as_dict(), **extra})

@@ -7,7 +7,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.console.security import ROLES, hash_password, password_problem
-from app.db.models import AuditLog, StaffSession, StaffUser
+from app.audit import record
+from app.db.models import StaffSession, StaffUser
 
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 
@@ -32,7 +33,7 @@ def create_user(db: Session, username: str, role: str, password: str, actor: str
         raise AccountError(f"the username {username!r} is taken")
     user = StaffUser(username=username, role=role, password_hash=hash_password(password), active=True)
     db.add(user)
-    db.add(AuditLog(actor=actor, action="user.create", target=username, after={"role": role}, ip=ip))
+    record(db, actor, "user.create", username, after={"role": role}, ip=ip)
     db.flush()
     return user
 
@@ -51,7 +52,7 @@ def update_user(db: Session, user: StaffUser, actor: str, role: str | None = Non
     if password is not None or active is False:
         db.execute(delete(StaffSession).where(StaffSession.user_id == user.id))
     after = {"role": user.role, "active": user.active} | ({"password": "changed"} if password else {})
-    db.add(AuditLog(actor=actor, action="user.update", target=user.username, before=before, after=after, ip=ip))
+    record(db, actor, "user.update", user.username, before, after, ip)
 
 
 def active_admins(db: Session) -> int:

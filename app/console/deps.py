@@ -22,7 +22,8 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from app.console.security import role_allows, token_hash
-from app.db.models import AuditLog, StaffSession, as_utc, utcnow
+from app.audit import record
+from app.db.models import StaffSession, as_utc, utcnow
 from app.privacy import mask_pii
 from app.services import Services
 
@@ -113,8 +114,7 @@ def audit(db: Session, staff: Staff | str, action: str, target: str | None = Non
           after: Any = None, request: Request | None = None) -> None:
     """Record a change in the audit log (in the caller's transaction: both land or neither)."""
     actor = staff if isinstance(staff, str) else staff.username
-    db.add(AuditLog(actor=actor, action=action, target=target, before=before, after=after,
-                    ip=client_ip(request) if request else None))
+    record(db, actor, action, target, before, after, client_ip(request) if request else None)
 
 
 def tr(lang: str) -> Any:
