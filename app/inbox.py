@@ -29,10 +29,11 @@ MAX_ATTEMPTS = 5
 
 
 def _due(now):  # type: ignore[no-untyped-def]
-    return or_(
-        and_(InboxDelivery.status == "pending", InboxDelivery.lease_until.is_(None), InboxDelivery.next_attempt_at <= now),
-        and_(InboxDelivery.status == "pending", InboxDelivery.lease_until < now),
-    )
+    """Pending, and either unclaimed and due, or claimed by a process whose lease ran out."""
+    return and_(InboxDelivery.status == "pending", or_(
+        and_(InboxDelivery.lease_until.is_(None), InboxDelivery.next_attempt_at <= now),
+        InboxDelivery.lease_until < now,
+    ))
 
 
 class Inbox:

@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -111,15 +112,24 @@ def channel_settings(platform: Platform, database_url: str, **overrides: Any) ->
     )
 
 
+@contextmanager
+def serving_channels(platform: Platform, database_url: str, bot: Bot, policy: RetryPolicy,
+                     **overrides: Any) -> Iterator[tuple[LiveServer, Services]]:
+    """A live server with both channels on against `platform`, its dispatcher retrying by `policy`."""
+    services = build_services(channel_settings(platform, database_url, **overrides), bot=bot)
+    assert services.dispatcher is not None
+    services.dispatcher.policy = policy
+    try:
+        with LiveServer(services) as live:
+            yield live, services
+    finally:
+        services.close()
+
+
 @pytest.fixture
 def server(platform: Platform, database_url: str, bot: Bot) -> Iterator[tuple[LiveServer, Services]]:
-    settings = channel_settings(platform, database_url)
-    services = build_services(settings, bot=bot)
-    assert services.dispatcher is not None
-    services.dispatcher.policy = RetryPolicy(base_delay=0.05, max_attempts=4)
-    with LiveServer(services) as live:
-        yield live, services
-    services.close()
+    with serving_channels(platform, database_url, bot, RetryPolicy(base_delay=0.05, max_attempts=4)) as served:
+        yield served
 
 
 def messenger_post(url: str, messaging: list[dict[str, Any]], secret: str = APP_SECRET) -> httpx.Response:

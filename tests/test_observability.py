@@ -32,7 +32,7 @@ from app.services import Services, build_services
 from app.settings import Settings
 from tests.conftest import LiveServer, free_port
 from tests.test_channels import (  # the stand-in Graph and Zalo APIs (fixture `platform`), signed deliveries
-    OA_SECRET, ZALO_APP, ZALO_SECRET, Platform, channel_settings, messenger_post, text_event, wait_for, zalo_post,
+    OA_SECRET, ZALO_APP, ZALO_SECRET, Platform, serving_channels, messenger_post, text_event, wait_for, zalo_post,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,13 +131,8 @@ def test_a_request_id_must_be_short_and_plain() -> None:
 @pytest.fixture
 def channel_server(platform: Platform, database_url: str, bot: Bot) -> Iterator[tuple[LiveServer, Services]]:
     """Both channels on, against the stand-in APIs; a retried send waits an hour (so it stays pending)."""
-    settings = channel_settings(platform, database_url)
-    services = build_services(settings, bot=bot)
-    assert services.dispatcher is not None
-    services.dispatcher.policy = RetryPolicy(base_delay=3600, max_delay=3600)
-    with LiveServer(services) as live:
-        yield live, services
-    services.close()
+    with serving_channels(platform, database_url, bot, RetryPolicy(base_delay=3600, max_delay=3600)) as served:
+        yield served
 
 
 def test_metrics_after_traffic(channel_server: tuple[LiveServer, Services], platform: Platform) -> None:

@@ -17,7 +17,7 @@ from app.services import Services, build_services
 from app.settings import Settings
 from tests.conftest import LiveServer, settle
 from tests.test_channels import (  # the stand-in Graph and Zalo APIs (fixture `platform`), signed deliveries
-    Platform, channel_settings, count, messenger_post, text_event, wait_for, zalo_post,
+    Platform, serving_channels, count, messenger_post, text_event, wait_for, zalo_post,
 )
 
 
@@ -135,13 +135,9 @@ def test_without_a_session_the_address_is_the_sender(make_server) -> None:  # ty
 
 @pytest.fixture
 def channels(platform: Platform, database_url: str, bot: Bot) -> Iterator[tuple[LiveServer, Services]]:
-    settings = channel_settings(platform, database_url, rate_per_minute=6, rate_burst=3)
-    services = build_services(settings, bot=bot)
-    assert services.dispatcher is not None
-    services.dispatcher.policy = RetryPolicy(base_delay=0.05, max_attempts=4)
-    with LiveServer(services) as live:
-        yield live, services
-    services.close()
+    with serving_channels(platform, database_url, bot, RetryPolicy(base_delay=0.05, max_attempts=4),
+                          rate_per_minute=6, rate_burst=3) as served:
+        yield served
 
 
 def outbox_texts(services: Services, recipient: str) -> list[str]:
