@@ -114,6 +114,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        from app.services import freeze_heap
+
+        freeze_heap()
         services.inbox.on_processed = dispatcher.wake.set
         # the serving processes store webhook deliveries; any process may answer them
         await asyncio.gather(dispatcher.run(stop), services.inbox.run(stop, write=False))

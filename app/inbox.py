@@ -12,6 +12,7 @@ idempotent per platform event id, so a delivery processed twice is answered once
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -26,6 +27,8 @@ log = structlog.get_logger(__name__)
 
 Process = Callable[[str, str], int]  # (channel, raw body) -> events answered; raises to retry later
 MAX_ATTEMPTS = 5
+ACK_QUIET = 0.05  # seconds without a new delivery before a serving process answers (see _acks_first)
+ACK_MAX_DEFER = 1.0  # ... but never waits longer than this per batch
 
 
 def _due(now):  # type: ignore[no-untyped-def]
@@ -49,11 +52,13 @@ class Inbox:
         self._pending: list[tuple[str, str, asyncio.Future[None]]] = []
         self._kick = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self.last_put = 0.0  # time.monotonic() of the latest delivery stored by this process
 
     # --- storing (the request path) -----------------------------------------------------------
 
     async def put(self, channel: str, body: str) -> None:
         """Return once the delivery is committed (raises if it could not be: no 200 then)."""
+        self.last_put = time.monotonic()
         if self._writer is None or self._writer.done():
             await asyncio.to_thread(self._insert, [(channel, body)])  # no writer task (a test, a CLI)
             self.wake.set()
@@ -66,7 +71,7 @@ class Inbox:
     def _insert(self, rows: list[tuple[str, str]]) -> None:
         now = utcnow()
         with self.sessions() as session, session.begin():
-            session.execute(insert(InboxDelivery), [
+            session.execute(insert(InboxDelivery.__table__), [  # Core executemany: cheaper than the ORM's bulk path
                 {"channel": c, "body": b, "received_at": now, "next_attempt_at": now, "status": "pending", "attempts": 0}
                 for c, b in rows
             ])
@@ -104,18 +109,20 @@ class Inbox:
         return rows
 
     def process_claimed(self, rows: list[InboxDelivery]) -> int:
-        """Answer claimed deliveries in order; a processed one is deleted (the conversation log
-        keeps what it said), a failing one is retried later and kept as failed in the end."""
+        """Answer claimed deliveries in order (see `process_one`)."""
+        return sum(self.process_one(row) for row in rows)
+
+    def process_one(self, row: InboxDelivery) -> int:
+        """Answer one claimed delivery; a processed one is deleted (the conversation log keeps what
+        it said), a failing one is retried later and kept as failed in the end."""
         assert self.process is not None
-        answered = 0
-        for row in rows:
-            try:
-                answered += self.process(row.channel, row.body)
-            except Exception as exc:  # noqa: BLE001 - recorded on the row, retried later
-                self._failed(row, exc)
-                continue
-            with self.sessions() as session, session.begin():
-                session.execute(delete(InboxDelivery).where(InboxDelivery.id == row.id))
+        try:
+            answered = self.process(row.channel, row.body)
+        except Exception as exc:  # noqa: BLE001 - recorded on the row, retried later
+            self._failed(row, exc)
+            return 0
+        with self.sessions() as session, session.begin():
+            session.execute(delete(InboxDelivery).where(InboxDelivery.id == row.id))
         return answered
 
     def _failed(self, row: InboxDelivery, exc: Exception) -> None:
@@ -136,13 +143,28 @@ class Inbox:
             total += self.process_claimed(rows)
         return total
 
+    async def _acks_first(self, deadline: float) -> None:
+        """While this process is acknowledging deliveries, wait (until `deadline` at most).
+
+        Answering costs far more CPU than acknowledging, and a burst of deliveries must get its
+        200s fast (a platform that waits retries, and disables a slow webhook). So a serving process
+        that also answers pauses between deliveries while puts keep arriving, and catches up when the
+        burst has passed; the deadline keeps it answering under sustained load. A `vssbot worker`
+        stores nothing, so it never waits."""
+        while time.monotonic() - self.last_put < ACK_QUIET and time.monotonic() < deadline:
+            await asyncio.sleep(ACK_QUIET)
+
     async def _process(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
+                deadline = time.monotonic() + ACK_MAX_DEFER
+                await self._acks_first(deadline)
                 rows = await asyncio.to_thread(self.claim)
+                for row in rows:
+                    await self._acks_first(deadline)
+                    if await asyncio.to_thread(self.process_one, row) and self.on_processed:
+                        self.on_processed()  # wake the dispatcher: this reply can go out now
                 if rows:
-                    if await asyncio.to_thread(self.process_claimed, rows) and self.on_processed:
-                        self.on_processed()
                     continue  # there may be more
             except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the loop
                 log.warning("inbox_poll_failed", error=f"{type(exc).__name__}: {exc}")
@@ -152,13 +174,14 @@ class Inbox:
                 pass
             self.wake.clear()
 
-    async def run(self, stop: asyncio.Event, write: bool = True) -> None:
-        """The writer (group commits for `put`) and, when there is a `process`, the processor."""
+    async def run(self, stop: asyncio.Event, write: bool = True, answer: bool = True) -> None:
+        """The writer (group commits for `put`) and, when `answer` and there is a `process`, the
+        processor."""
         tasks = []
         if write:
             self._writer = asyncio.create_task(self._write(stop))
             tasks.append(self._writer)
-        if self.process is not None:
+        if answer and self.process is not None:
             tasks.append(asyncio.create_task(self._process(stop)))
         await stop.wait()
         self._kick.set()

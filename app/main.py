@@ -10,16 +10,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.types import Receive, Scope, Send
 import structlog
 
 from app.api.guards import install as install_guards
 from app.api.public import router as public_router
+from app.api.webhooks import answer_delivery, is_delivery
 from app.api.webhooks import router as webhook_router
 from app.console import install as install_console
 from app.logging import setup_logging
 from app.observability import RequestContextMiddleware
 from app.observability import router as observability_router
-from app.services import Services, build_services
+from app.services import Services, build_services, freeze_heap
 from app.settings import Settings, get_settings
 
 HERE = Path(__file__).parent
@@ -44,6 +46,18 @@ async def poll_kb(services: Services, stop: asyncio.Event) -> None:
             log.warning("kb.poll_failed", error=f"{type(exc).__name__}: {exc}")
 
 
+class VssbotApp(FastAPI):
+    """FastAPI, but webhook deliveries (POST /webhooks/messenger|zalo) skip the middleware stack
+    and routing: their handler does its own request id, metrics and errors (app/api/webhooks.py)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if is_delivery(scope):
+            scope["app"] = self
+            await answer_delivery(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -51,11 +65,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
         svc = app.state.services = services or build_services(settings)
+        if owned:
+            freeze_heap()
         stop = asyncio.Event()
-        task = asyncio.create_task(svc.dispatcher.run(stop)) if svc.dispatcher and svc.dispatcher.senders else None
+        answers = svc.settings.serve_answers  # false: `vssbot worker` processes answer and send
+        sends = answers and svc.dispatcher is not None and bool(svc.dispatcher.senders)
+        task = asyncio.create_task(svc.dispatcher.run(stop)) if sends else None
         if svc.dispatcher is not None:
             svc.inbox.on_processed = svc.dispatcher.wake.set
-        inbox = asyncio.create_task(svc.inbox.run(stop))
+        inbox = asyncio.create_task(svc.inbox.run(stop, answer=answers))
         poller = asyncio.create_task(poll_kb(svc, stop)) if svc.settings.kb_poll_seconds > 0 else None
         try:
             yield
@@ -70,7 +88,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             if owned:
                 svc.close()
 
-    app = FastAPI(title="vssbot", version="0.1.0", lifespan=lifespan)
+    app = VssbotApp(title="vssbot", version="0.1.0", lifespan=lifespan)
     app.include_router(public_router)
     app.include_router(webhook_router)
     install_console(app)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -55,6 +56,9 @@ class Services:
                 return False
             if kb.version != self.bot.kb.version:
                 self.bot.reload(kb)
+                if gc.isenabled() and gc.get_freeze_count():
+                    gc.unfreeze()  # let the old index be collected, then freeze the new one
+                    freeze_heap()
             self.kb_version_id = version_id
         log.info("kb.live", id=version_id, version=kb.version)
         return True
@@ -80,6 +84,14 @@ class Services:
                     self.kb_version_id = max(latest_id, self.kb_version_id or 0)  # do not retry it every poll
                 return False
         return self.adopt_kb(latest_id, kb)
+
+
+def freeze_heap() -> None:
+    """Take what is alive now (the knowledge base and its index: ~140,000 objects) out of the
+    garbage collector's sight. Otherwise every full collection walks them all (~70 ms at today's
+    size), a pause every request in flight waits for: it showed as the webhook's ack p99."""
+    gc.collect()
+    gc.freeze()
 
 
 def build_services(settings: Settings, migrate: bool = True, bot: Bot | None = None) -> Services:

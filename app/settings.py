@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(256 * 1024, description="largest webhook body accepted")
     handover_minutes: int = Field(60 * 24, description="how long the bot stays quiet after a person takes over")
     dispatch_interval: float = Field(0.2, description="seconds between outbox polls when idle")
+    serve_answers: bool = Field(
+        True, description="`vssbot serve` also answers stored deliveries and sends replies; false: it only "
+        "acknowledges them and `vssbot worker` processes answer (keeps acknowledgements fast under load)")
 
     # Abuse resistance (app/ratelimit.py): limits are per process (N processes: up to N times them)
     rate_per_minute: float = Field(20, ge=0, description="messages one sender may send a minute (0: no limit)")

@@ -124,18 +124,25 @@ def start_role(role: str, fail_rate: float = 0.0) -> tuple[subprocess.Popen[byte
     return proc, url
 
 
-def start_vssbot(database_url: str, graph_url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_vssbot(database_url: str, graph_url: str, args: argparse.Namespace, workers: int
+                 ) -> tuple[list[subprocess.Popen[bytes]], str]:
+    """`vssbot serve` (`workers` processes) and, unless --answer-in-serve, `vssbot worker` processes
+    that answer what the serving processes acknowledge, at a lower CPU priority (acks come first)."""
     port = free_port()
     env = os.environ | {
         "VSSBOT_DATABASE_URL": database_url,
         "VSSBOT_MESSENGER_VERIFY_TOKEN": "bench", "VSSBOT_MESSENGER_APP_SECRET": APP_SECRET,
         "VSSBOT_MESSENGER_PAGE_TOKEN": "bench-page-token", "VSSBOT_MESSENGER_API_BASE": graph_url,
         "VSSBOT_LOG_LEVEL": "WARNING", "VSSBOT_RATE_PER_MINUTE": "100000",
+        "VSSBOT_SERVE_ANSWERS": "true" if args.answer_in_serve else "false",
     }
-    proc = subprocess.Popen([str(VSSBOT), "serve", "--port", str(port), "--workers", str(workers)], env=env)
+    procs = [subprocess.Popen([str(VSSBOT), "serve", "--port", str(port), "--workers", str(workers)], env=env)]
     url = f"http://127.0.0.1:{port}"
-    wait_up(url + "/healthz", proc, timeout=120)
-    return proc, url
+    wait_up(url + "/healthz", procs[0], timeout=120)  # serve migrates the database first
+    if not args.answer_in_serve:
+        nice = ["nice", "-n", str(args.worker_nice)] if args.worker_nice else []
+        procs += [subprocess.Popen([*nice, str(VSSBOT), "worker"], env=env) for _ in range(args.answer_workers)]
+    return procs, url
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -294,7 +301,7 @@ def drop_pg(schema: str) -> None:
 
 def scenario(name: str, database_url: str, workers: int, args: argparse.Namespace, texts: list[str]) -> dict[str, object]:
     graph, graph_url = start_role("stand-in", args.fail_rate)
-    server, url = start_vssbot(database_url, graph_url, workers)
+    servers, url = start_vssbot(database_url, graph_url, args, workers)
     try:
         tag = uuid.uuid4().hex[:6]
         asyncio.run(drive(url, WARM // 2, 2, texts, 0.0, f"w{tag}"))  # warm up every process
@@ -309,7 +316,8 @@ def scenario(name: str, database_url: str, workers: int, args: argparse.Namespac
             problems.append(f"warm-up: {warm_sends} replies delivered for {WARM} messages")
         problems += check_database(database_url, want + WARM)
     finally:
-        stop(server)
+        for proc in servers:
+            stop(proc)
         stop(graph)
     return {"name": name, "load": load, "e2e": e2e, "problems": problems}
 
@@ -337,6 +345,10 @@ def main() -> int:
     ap.add_argument("--senders", type=int, default=200, help="concurrent senders (default 200)")
     ap.add_argument("--messages", type=int, default=10, help="deliveries per sender (default 10)")
     ap.add_argument("--pg-workers", type=int, default=2, help="server processes on PostgreSQL (default 2)")
+    ap.add_argument("--answer-in-serve", action="store_true",
+                    help="the serving processes also answer (VSSBOT_SERVE_ANSWERS=true, no worker processes)")
+    ap.add_argument("--answer-workers", type=int, default=1, help="`vssbot worker` processes answering (default 1)")
+    ap.add_argument("--worker-nice", type=int, default=10, help="their nice value (default 10; 0: none)")
     ap.add_argument("--fail-rate", type=float, default=0.2, help="share of sends the stand-in fails (default 0.2)")
     ap.add_argument("--retry-share", type=float, default=0.05, help="share of deliveries posted twice (default 0.05)")
     ap.add_argument("--drain-timeout", type=float, default=300, help="seconds to wait for every reply")
@@ -351,6 +363,8 @@ def main() -> int:
     texts = questions()
     print(f"{args.senders} concurrent senders x {args.messages} deliveries (+{args.retry_share:.0%} retried), "
           f"stand-in Graph API failing {args.fail_rate:.0%} of sends; {os.cpu_count()} CPUs", flush=True)
+    print("answered by the serving processes" if args.answer_in_serve else
+          f"answered by {args.answer_workers} `vssbot worker` process(es), nice {args.worker_nice}", flush=True)
     bare_load = bare(args, texts)
     print(report("bare FastAPI endpoint", bare_load, None, 0), flush=True)
     results = []

@@ -5,6 +5,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 
+class MalformedBody(ValueError):
+    """A webhook body that is not JSON at all (the route answers 400), as opposed to valid JSON of a
+    shape the adapter does not handle (a plain ValueError: acknowledged and ignored)."""
+
+
 @dataclass(frozen=True)
 class InboundEvent:
     """A person's message as the pipeline sees it, whatever platform it came from."""

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from webhooks.base import InboundEvent, Option, OutboundMessage, SendResult
+from webhooks.base import InboundEvent, MalformedBody, Option, OutboundMessage, SendResult
 
 CHANNEL = "messenger"
 MAX_TEXT = 2000  # Send API limit for message.text
@@ -148,7 +148,7 @@ def parse(raw: bytes, *, app_id: str | None = None) -> list[InboundEvent]:
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # bad UTF-8 / JSON, or absurd nesting
-        raise ValueError(f"messenger webhook: body is not valid JSON ({type(exc).__name__})") from None
+        raise MalformedBody(f"messenger webhook: body is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise ValueError("messenger webhook: body is not a JSON object")
     if data.get("object") != "page":

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from webhooks.base import InboundEvent, Option, OutboundMessage, SendResult
+from webhooks.base import InboundEvent, MalformedBody, Option, OutboundMessage, SendResult
 
 CHANNEL = "zalo"
 DEFAULT_API_BASE = "https://openapi.zalo.me"
@@ -259,7 +259,7 @@ def parse(raw: bytes) -> list[InboundEvent]:
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError) as e:
-        raise ValueError(f"zalo: malformed JSON body ({e.__class__.__name__})") from None
+        raise MalformedBody(f"zalo: malformed JSON body ({e.__class__.__name__})") from None
     if not isinstance(obj, dict):
         # ValueError, not TypeError: the route maps every bad body to a 4xx by this one type.
         raise ValueError(f"zalo: expected one JSON object per POST, got {type(obj).__name__}")  # noqa: TRY004

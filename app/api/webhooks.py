@@ -1,4 +1,5 @@
 """Webhook routes: Messenger and Zalo deliveries → verified → stored in the inbox → 200.
+The handshake (GET) is an ordinary route; deliveries (POST) take the fast lane below.
 
 The inbox processor (app/inbox.py, app/ingest.py) answers them: the pipeline stores each event,
 the reply and its outbox row in one transaction, and the dispatcher sends it. So the platform
@@ -7,18 +8,23 @@ disabled: 404.
 """
 from __future__ import annotations
 
-import json
+import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from app.api.public import get_services
 from app.ingest import events_of
-from app.observability import ROUTE_TEMPLATE
+from app.observability import REQUEST_ID_HEADER, record_request, request_id_from
 from app.services import Services
 from webhooks import messenger, zalo
+from webhooks.base import MalformedBody
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
@@ -40,12 +46,10 @@ async def _ingest(services: Services, channel: str, raw: bytes) -> bool:
     Malformed JSON is a 400; valid JSON of a shape we do not handle is acknowledged and ignored
     (a platform retries anything but a 200, for hours)."""
     try:
-        json.loads(raw)
         body = raw.decode("utf-8")
-    except ValueError as exc:
-        raise HTTPException(status_code=400, detail=f"malformed JSON: {exc}") from exc
-    try:
         events = events_of(channel, raw)
+    except (UnicodeDecodeError, MalformedBody) as exc:
+        raise HTTPException(status_code=400, detail=f"malformed JSON: {exc}") from exc
     except ValueError as exc:  # zalo.UnsupportedEvent included
         log.info("delivery_ignored", channel=channel, reason=str(exc))
         return False
@@ -71,10 +75,14 @@ async def messenger_handshake(
     return answer
 
 
-# The two delivery routes are plain Starlette endpoints: FastAPI's dependency solving (headers,
-# cookies, query) cost more than the rest of an acknowledgement (benchmarks/webhook_load.py).
+# --- deliveries: the fast lane ---------------------------------------------------------------------
+# A delivery POST is answered before FastAPI's routing and middleware stack (dependency solving,
+# exception and body-limit middlewares, the request-context and guard middlewares): under a burst
+# those cost more than the acknowledgement itself (benchmarks/webhook_load.py). `answer_delivery`
+# does here what they would do for these two routes: request id, metrics, clean 4xx/500/503.
+
+
 async def messenger_delivery(request: Request) -> JSONResponse:
-    request.scope[ROUTE_TEMPLATE] = "/webhooks/messenger"
     services: Services = request.app.state.services
     s = services.settings
     if not s.messenger_enabled:
@@ -88,7 +96,6 @@ async def messenger_delivery(request: Request) -> JSONResponse:
 
 
 async def zalo_delivery(request: Request) -> JSONResponse:
-    request.scope[ROUTE_TEMPLATE] = "/webhooks/zalo"
     services: Services = request.app.state.services
     s = services.settings
     if not s.zalo_enabled:
@@ -102,5 +109,43 @@ async def zalo_delivery(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok" if await _ingest(services, "zalo", raw) else "ignored"})
 
 
-router.add_route("/webhooks/messenger", messenger_delivery, methods=["POST"], include_in_schema=False)
-router.add_route("/webhooks/zalo", zalo_delivery, methods=["POST"], include_in_schema=False)
+DELIVERY_ROUTES: dict[str, Callable[[Request], Awaitable[JSONResponse]]] = {
+    "/webhooks/messenger": messenger_delivery,
+    "/webhooks/zalo": zalo_delivery,
+}
+
+
+def is_delivery(scope: Scope) -> bool:
+    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in DELIVERY_ROUTES
+
+
+async def answer_delivery(scope: Scope, receive: Receive, send: Send) -> None:
+    """One delivery POST (scope["app"] is the application), answered without the middleware stack."""
+    start = time.perf_counter()
+    path = scope["path"]
+    incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
+    request_id = request_id_from(incoming)
+    scope.setdefault("state", {})["request_id"] = request_id
+    tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        try:
+            response = await DELIVERY_ROUTES[path](Request(scope, receive))
+        except HTTPException as exc:
+            response = JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        except ClientDisconnect:
+            log.info("client_disconnected", method="POST", path=path)  # nobody to answer
+            record_request("POST", path, 499, time.perf_counter() - start)
+            return
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, never shown
+            log.error("unhandled_error", method="POST", path=path, error=type(exc).__name__, exc_info=True)
+            # The database not answering is temporary: 503 tells the platform to retry.
+            unavailable = isinstance(exc, (OperationalError, InterfaceError))
+            response = JSONResponse(
+                {"detail": "service temporarily unavailable" if unavailable else "internal error",
+                 "request_id": request_id},
+                status_code=503 if unavailable else 500, headers={"Retry-After": "5"} if unavailable else None)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        await response(scope, receive, send)
+        record_request("POST", path, response.status_code, time.perf_counter() - start)
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
