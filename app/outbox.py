@@ -50,7 +50,7 @@ def _due(now: datetime):  # type: ignore[no-untyped-def]
 
 class Dispatcher:
     def __init__(self, sessions: sessionmaker[Session], senders: dict[str, Sender], policy: RetryPolicy | None = None,
-                 interval: float = 0.2, batch: int = 20):
+                 interval: float = 0.2, batch: int = 50):
         self.sessions = sessions
         self.senders = senders
         self.policy = policy or RetryPolicy()
@@ -69,47 +69,75 @@ class Dispatcher:
         return list(rows)
 
     def record(self, row: Outbox, result: SendResult) -> None:
+        self.record_all([(row, result)])
+
+    def record_all(self, outcomes: list[tuple[Outbox, SendResult]]) -> None:
+        """The outcomes of one round of sends, in one transaction (one commit, not one per row)."""
         now = utcnow()
+        recorded: list[tuple[Outbox, SendResult, str]] = []
         with self.sessions() as session, session.begin():
-            current = session.get(Outbox, row.id)
-            if current is None:
-                return
-            current.attempts += 1
-            current.lease_until = None
-            if result.parts_sent > (current.payload or {}).get("parts_sent", 0):
-                current.payload = {**(current.payload or {}), "parts_sent": result.parts_sent}
-            if result.ok:
-                current.status, current.sent_at = "sent", now
-                current.platform_message_id = result.platform_message_id
-                current.last_error = None
-            elif result.retryable and current.attempts < self.policy.max_attempts:
-                current.status = "pending"
-                current.next_attempt_at = now + timedelta(seconds=self.policy.delay(current.attempts))
-                current.last_error = result.error
-            else:
-                current.status, current.last_error = "failed", result.error or "failed"
-            outcome = "retry" if current.status == "pending" else current.status
-        record_delivery(row.channel, outcome, result.error)
-        level = "info" if result.ok else ("warning" if result.retryable else "error")
-        getattr(log, level)("outbox_send", channel=row.channel, outbox_id=row.id, ok=result.ok,
-                            retryable=result.retryable, error=result.error, attempt=row.attempts + 1)
+            for row, result in outcomes:
+                current = session.get(Outbox, row.id)
+                if current is not None:
+                    recorded.append((row, result, self._apply(current, result, now)))
+        for row, result, outcome in recorded:
+            record_delivery(row.channel, outcome, result.error)
+            level = "info" if result.ok else ("warning" if result.retryable else "error")
+            getattr(log, level)("outbox_send", channel=row.channel, outbox_id=row.id, ok=result.ok,
+                                retryable=result.retryable, error=result.error, attempt=row.attempts + 1)
+
+    def _apply(self, current: Outbox, result: SendResult, now: datetime) -> str:
+        """Update a row with what its send did: sent, retry (pending again, after a backoff) or failed."""
+        current.attempts += 1
+        current.lease_until = None
+        if result.parts_sent > (current.payload or {}).get("parts_sent", 0):
+            current.payload = {**(current.payload or {}), "parts_sent": result.parts_sent}
+        if result.ok:
+            current.status, current.sent_at = "sent", now
+            current.platform_message_id = result.platform_message_id
+            current.last_error = None
+        elif result.retryable and current.attempts < self.policy.max_attempts:
+            current.status = "pending"
+            current.next_attempt_at = now + timedelta(seconds=self.policy.delay(current.attempts))
+            current.last_error = result.error
+        else:
+            current.status, current.last_error = "failed", result.error or "failed"
+        return "retry" if current.status == "pending" else current.status
+
+    async def _send(self, client: httpx.AsyncClient, row: Outbox) -> SendResult:
+        payload = row.payload or {}
+        msg = OutboundMessage(
+            channel=row.channel, user_id=row.recipient, text=payload.get("text", ""),
+            options=tuple(Option(o["title"], o["payload"]) for o in payload.get("options", [])),
+            lang=payload.get("lang", "vi"), skip_parts=int(payload.get("parts_sent", 0)),
+            tag=payload.get("tag") or None,  # set on a staff reply outside Messenger's 24 h window
+        )
+        try:
+            return await self.senders[row.channel](client, msg)
+        except Exception as exc:  # noqa: BLE001 - a sender bug must not stop the dispatcher
+            log.exception("outbox_sender_error", channel=row.channel, outbox_id=row.id)
+            return SendResult(ok=False, retryable=True, error=f"{type(exc).__name__}: {exc}")
 
     async def run_once(self, client: httpx.AsyncClient) -> int:
+        """Send the claimed rows: one person's in order, different people's at the same time (a
+        burst of replies is as slow as its slowest person, not the sum of all sends); then record
+        every outcome in one transaction."""
         rows = await asyncio.to_thread(self.claim)
+        if not rows:
+            return 0
+        queues: dict[tuple[str, str], list[Outbox]] = {}
         for row in rows:
-            payload = row.payload or {}
-            msg = OutboundMessage(
-                channel=row.channel, user_id=row.recipient, text=payload.get("text", ""),
-                options=tuple(Option(o["title"], o["payload"]) for o in payload.get("options", [])),
-                lang=payload.get("lang", "vi"), skip_parts=int(payload.get("parts_sent", 0)),
-                tag=payload.get("tag") or None,  # set on a staff reply outside Messenger's 24 h window
-            )
-            try:
-                result = await self.senders[row.channel](client, msg)
-            except Exception as exc:  # noqa: BLE001 - a sender bug must not stop the dispatcher
-                log.exception("outbox_sender_error", channel=row.channel, outbox_id=row.id)
-                result = SendResult(ok=False, retryable=True, error=f"{type(exc).__name__}: {exc}")
-            await asyncio.to_thread(self.record, row, result)
+            queues.setdefault((row.channel, row.recipient), []).append(row)
+        outcomes: list[tuple[Outbox, SendResult]] = []
+
+        async def send_in_order(queue: list[Outbox]) -> None:
+            for row in queue:
+                outcomes.append((row, await self._send(client, row)))
+
+        try:
+            await asyncio.gather(*(send_in_order(q) for q in queues.values()))
+        finally:  # what was sent is recorded even if this task is cancelled (shutdown)
+            await asyncio.shield(asyncio.to_thread(self.record_all, outcomes))
         return len(rows)
 
     async def run(self, stop: asyncio.Event, client: httpx.AsyncClient | None = None) -> None:
