@@ -41,12 +41,15 @@ def _due(now):  # type: ignore[no-untyped-def]
 
 class Inbox:
     def __init__(self, sessions: sessionmaker[Session], process: Process | None = None, *, batch: int = 50,
-                 interval: float = 0.2, lease: float = 60.0):
+                 interval: float = 0.2, lease: float = 60.0, ack_quiet: float = ACK_QUIET,
+                 ack_max_defer: float = ACK_MAX_DEFER):
         self.sessions = sessions
         self.process = process
         self.batch = batch
         self.interval = interval
         self.lease = lease
+        self.ack_quiet = ack_quiet
+        self.ack_max_defer = ack_max_defer
         self.wake = asyncio.Event()  # a new delivery is stored: process now
         self.on_processed: Callable[[], None] | None = None  # e.g. wake the outbox dispatcher
         self._pending: list[tuple[str, str, asyncio.Future[None]]] = []
@@ -153,13 +156,13 @@ class Inbox:
         that also answers pauses between deliveries while puts keep arriving, and catches up when the
         burst has passed; the deadline keeps it answering under sustained load. A `vssbot worker`
         stores nothing, so it never waits."""
-        while time.monotonic() - self.last_put < ACK_QUIET and time.monotonic() < deadline:
-            await asyncio.sleep(ACK_QUIET)
+        while time.monotonic() - self.last_put < self.ack_quiet and time.monotonic() < deadline:
+            await asyncio.sleep(self.ack_quiet / 2)
 
     async def _process(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                deadline = time.monotonic() + ACK_MAX_DEFER
+                deadline = time.monotonic() + self.ack_max_defer
                 await self._acks_first(deadline)
                 rows = await asyncio.to_thread(self.claim)
                 for row in rows:
