@@ -359,7 +359,8 @@ class Figures:
 def report(name: str, rounds: list[Load], e2e: list[float] | None, bare_rps: float) -> str:
     f = Figures.of(rounds)
     line = (f"{name:<24} {f.rps:8.0f} req/s  ack p50 {f.ack_p50 * 1000:6.1f} ms  p99 {f.ack_p99 * 1000:6.1f} ms  "
-            f"errors {f.errors}  (rounds: {', '.join(f'{r.rps:.0f}' for r in rounds)} req/s)")
+            f"errors {f.errors}\n{'':<24} rounds: " + ", ".join(f"{r.rps:.0f} req/s p99 {pct(r.acks, 99) * 1000:.0f} ms"
+                                                   for r in rounds))
     if e2e is not None:
         line += (f"\n{'':<24} reply p50 {pct(e2e, 50) * 1000:7.0f} ms  p99 {pct(e2e, 99) * 1000:7.0f} ms  "
                  f"x bare {f.rps / bare_rps if bare_rps else 0:4.2f}")
