@@ -115,6 +115,12 @@ DELIVERY_ROUTES: dict[str, Callable[[Request], Awaitable[JSONResponse]]] = {
 }
 
 
+# Also ordinary routes: a request the fast lane does not take (say, under a proxy's root path)
+# still reaches its handler, through the full stack.
+router.add_route("/webhooks/messenger", messenger_delivery, methods=["POST"], include_in_schema=False)
+router.add_route("/webhooks/zalo", zalo_delivery, methods=["POST"], include_in_schema=False)
+
+
 def is_delivery(scope: Scope) -> bool:
     return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in DELIVERY_ROUTES
 
