@@ -28,7 +28,7 @@ from sqlalchemy import func, select, text
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db.models import ChannelToken, Outbox, as_utc, utcnow
+from app.db.models import ChannelToken, InboxDelivery, Outbox, as_utc, utcnow
 
 if TYPE_CHECKING:  # app.services imports the pipeline, which imports this module
     from app.services import Services
@@ -179,7 +179,7 @@ class _Families:
 
 
 def database_families(services: Services) -> list[Metric]:
-    """The state kept in the database, read now: outbox depth and age, channel tokens, the
+    """The state kept in the database, read now: outbox and inbox depth and age, channel tokens, the
     knowledge-base version; `vssbot_database_up` 0 (and nothing else from it) when it does not answer."""
     up = GaugeMetricFamily("vssbot_database_up", "1 when the database answered this scrape")
     families: list[Metric] = [up]
@@ -197,6 +197,11 @@ def database_families(services: Services) -> list[Metric]:
                 .group_by(Outbox.status)).all())
             oldest = session.scalar(select(func.min(Outbox.created_at)).where(Outbox.status.in_(("pending", "sending"))))
             tokens = session.scalars(select(ChannelToken)).all()
+            # The inbox holds only what is not answered yet (answered deliveries are deleted).
+            inbox = dict(session.execute(
+                select(InboxDelivery.status, func.count()).group_by(InboxDelivery.status)).all())
+            inbox_oldest = session.scalar(
+                select(func.min(InboxDelivery.received_at)).where(InboxDelivery.status == "pending"))
     except Exception as exc:  # noqa: BLE001 - a scrape reports the database down, it does not fail
         log.warning("metrics_database_error", error=type(exc).__name__)
         up.add_metric([], 0)
@@ -210,6 +215,15 @@ def database_families(services: Services) -> list[Metric]:
                             "age of the oldest reply not yet sent (pending or sending); 0 when none waits")
     age.add_metric([], max(0.0, (now - as_utc(oldest)).total_seconds()) if oldest else 0.0)
     families += [depth, age]
+    inbox_rows = GaugeMetricFamily(
+        "vssbot_inbox_rows", "acknowledged webhook deliveries not answered yet: pending (waiting or being "
+        "answered), failed (gave up after repeated errors: see the inbox_failed log lines)", labels=["status"])
+    for status in ("pending", "failed"):
+        inbox_rows.add_metric([status], inbox.get(status, 0))
+    inbox_age = GaugeMetricFamily("vssbot_inbox_oldest_pending_age_seconds",
+                                  "age of the oldest acknowledged delivery not answered yet; 0 when none waits")
+    inbox_age.add_metric([], max(0.0, (now - as_utc(inbox_oldest)).total_seconds()) if inbox_oldest else 0.0)
+    families += [inbox_rows, inbox_age]
     expires = GaugeMetricFamily("vssbot_channel_token_expires_in_seconds",
                                 "seconds until the stored access token expires (negative: expired)", labels=["channel"])
     refresh_ok = GaugeMetricFamily("vssbot_channel_token_refresh_ok",

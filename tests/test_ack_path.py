@@ -23,6 +23,7 @@ from app.services import Services
 from tests.conftest import LiveServer
 from tests.test_channels import APP_SECRET, Platform, count, messenger_post, serving_channels, text_event
 from tests.test_inbox import delivery
+from tests.test_observability import scrape, value
 from webhooks import messenger, zalo
 from webhooks.base import MalformedBody, OutboundMessage, SendResult
 
@@ -93,7 +94,13 @@ def test_a_serving_process_can_leave_answering_to_workers(platform: Platform, da
         time.sleep(1.0)  # five of the processor's poll intervals: a serving process that answered would have
         assert count(services, InboxDelivery) == 1 and count(services, Outbox) == 0
         assert platform.sent_to("p-ack") == []
+        waiting = scrape(live.url)  # what an operator sees: one delivery acknowledged, not answered
+        assert value(waiting, "vssbot_inbox_rows", status="pending") == 1
+        assert value(waiting, "vssbot_inbox_oldest_pending_age_seconds") >= 1.0
         assert services.inbox.drain() == 1  # what `vssbot worker` does
+        answered = scrape(live.url)
+        assert value(answered, "vssbot_inbox_rows", status="pending") == 0
+        assert value(answered, "vssbot_inbox_oldest_pending_age_seconds") == 0
     assert count(services, InboxDelivery) == 0 and count(services, Outbox) == 1
 
 
