@@ -113,10 +113,6 @@ class Inbox:
             session.expunge_all()
         return rows
 
-    def process_claimed(self, rows: list[InboxDelivery]) -> int:
-        """Answer claimed deliveries in order (see `process_one`)."""
-        return sum(self.process_one(row) for row in rows)
-
     def process_one(self, row: InboxDelivery) -> int:
         """Answer one claimed delivery; a processed one is deleted (the conversation log keeps what
         it said), a failing one is retried later and kept as failed in the end."""
@@ -145,7 +141,7 @@ class Inbox:
         """Process everything due now (tests and the CLI; the server runs `run`)."""
         total = 0
         while rows := self.claim():
-            total += self.process_claimed(rows)
+            total += sum(self.process_one(row) for row in rows)
         return total
 
     async def _acks_first(self, deadline: float) -> None:

@@ -38,6 +38,7 @@ T = TypeVar("T")
 router = APIRouter()
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()  # as ASGI gives header names
 # An incoming id is kept only if it is short and plain: it goes into every log line, so nothing
 # that could forge a line, carry markup or blow up the log is accepted from outside.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -103,6 +104,14 @@ def request_id_from(value: str | None) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
+def assign_request_id(scope: Scope) -> str:
+    """This request's id (from X-Request-ID when sane), kept as request.state.request_id."""
+    incoming = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == _REQUEST_ID_KEY), None)
+    request_id = request_id_from(incoming)
+    scope.setdefault("state", {})["request_id"] = request_id
+    return request_id
+
+
 # New ids only need to be unique, not secret: a random prefix per process and a counter cost less
 # than a uuid4 per request (os.urandom each time), which showed in the webhook's profile.
 _ID_PREFIX = uuid.uuid4().hex[:20]
@@ -130,10 +139,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        header = REQUEST_ID_HEADER.lower().encode()
-        incoming = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == header), None)
-        request_id = request_id_from(incoming)
-        scope.setdefault("state", {})["request_id"] = request_id  # request.state.request_id
+        request_id = assign_request_id(scope)
         root_path = scope.get("root_path", "")
         method = scope.get("method", "GET") if scope.get("method") in _METHODS else "OTHER"
         status = 500  # what the client gets if the app raises before answering

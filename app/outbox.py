@@ -68,9 +68,6 @@ class Dispatcher:
             session.expunge_all()
         return list(rows)
 
-    def record(self, row: Outbox, result: SendResult) -> None:
-        self.record_all([(row, result)])
-
     def record_all(self, outcomes: list[tuple[Outbox, SendResult]]) -> None:
         """The outcomes of one round of sends, in one transaction (one commit, not one per row)."""
         now = utcnow()

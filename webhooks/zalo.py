@@ -261,7 +261,7 @@ def parse(raw: bytes) -> list[InboundEvent]:
     except (ValueError, RecursionError) as e:
         raise MalformedBody(f"zalo: malformed JSON body ({e.__class__.__name__})") from None
     if not isinstance(obj, dict):
-        # ValueError, not TypeError: the route maps every bad body to a 4xx by this one type.
+        # ValueError, not TypeError: valid JSON of a shape not handled is acknowledged and ignored.
         raise ValueError(f"zalo: expected one JSON object per POST, got {type(obj).__name__}")  # noqa: TRY004
     if not isinstance(obj.get("event_name"), str) or not obj["event_name"]:
         raise ValueError("zalo: not a Zalo OA event (no event_name)")

@@ -147,13 +147,18 @@ class Guard:
                       exc_info=True)  # the request id comes with the log context
             if started:  # too late for a clean 500: let the server close the connection
                 raise
-            # The database not answering is temporary: 503 tells a platform (and a client) to retry.
-            unavailable = isinstance(exc, (OperationalError, InterfaceError))
-            body: dict[str, str] = {"detail": "service temporarily unavailable" if unavailable else "internal error"}
-            if rid:
-                body["request_id"] = rid
-            headers = {"Retry-After": "5"} if unavailable else None
-            await JSONResponse(body, status_code=503 if unavailable else 500, headers=headers)(scope, receive, send)
+            await error_response(exc, rid)(scope, receive, send)
+
+
+def error_response(exc: Exception, request_id: str | None) -> JSONResponse:
+    """What a client gets for an exception that escaped a handler: never the exception itself.
+    The database not answering is temporary: 503 tells a platform (and a client) to retry."""
+    unavailable = isinstance(exc, (OperationalError, InterfaceError))
+    body: dict[str, str] = {"detail": "service temporarily unavailable" if unavailable else "internal error"}
+    if request_id:
+        body["request_id"] = request_id
+    return JSONResponse(body, status_code=503 if unavailable else 500,
+                        headers={"Retry-After": "5"} if unavailable else None)
 
 
 def _reason(exc: ValueError) -> str:

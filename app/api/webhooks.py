@@ -15,13 +15,13 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from app.api.guards import error_response
 from app.api.public import get_services
 from app.ingest import events_of
-from app.observability import REQUEST_ID_HEADER, record_request, request_id_from
+from app.observability import REQUEST_ID_HEADER, assign_request_id, record_request
 from app.services import Services
 from webhooks import messenger, zalo
 from webhooks.base import MalformedBody
@@ -129,9 +129,7 @@ async def answer_delivery(scope: Scope, receive: Receive, send: Send) -> None:
     """One delivery POST (scope["app"] is the application), answered without the middleware stack."""
     start = time.perf_counter()
     path = scope["path"]
-    incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
-    request_id = request_id_from(incoming)
-    scope.setdefault("state", {})["request_id"] = request_id
+    request_id = assign_request_id(scope)
     tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
     try:
         try:
@@ -144,12 +142,7 @@ async def answer_delivery(scope: Scope, receive: Receive, send: Send) -> None:
             return
         except Exception as exc:  # noqa: BLE001 - logged with its traceback, never shown
             log.error("unhandled_error", method="POST", path=path, error=type(exc).__name__, exc_info=True)
-            # The database not answering is temporary: 503 tells the platform to retry.
-            unavailable = isinstance(exc, (OperationalError, InterfaceError))
-            response = JSONResponse(
-                {"detail": "service temporarily unavailable" if unavailable else "internal error",
-                 "request_id": request_id},
-                status_code=503 if unavailable else 500, headers={"Retry-After": "5"} if unavailable else None)
+            response = error_response(exc, request_id)
         response.headers[REQUEST_ID_HEADER] = request_id
         await response(scope, receive, send)
         record_request("POST", path, response.status_code, time.perf_counter() - start)
