@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -21,17 +20,12 @@ from app.inbox import Inbox
 from app.outbox import Dispatcher, RetryPolicy
 from app.services import Services
 from tests.conftest import LiveServer
+from tests.test_channels import server  # noqa: F401 - the live server with both channels (a fixture)
 from tests.test_channels import APP_SECRET, Platform, count, messenger_post, serving_channels, text_event
 from tests.test_inbox import delivery
 from tests.test_observability import scrape, value
 from webhooks import messenger, zalo
 from webhooks.base import MalformedBody, OutboundMessage, SendResult
-
-
-@pytest.fixture
-def server(platform: Platform, database_url: str, bot: Bot) -> Iterator[tuple[LiveServer, Services]]:
-    with serving_channels(platform, database_url, bot, RetryPolicy(base_delay=0.05, max_attempts=4)) as served:
-        yield served
 
 
 def counted(status: str) -> float:
