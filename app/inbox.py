@@ -29,6 +29,7 @@ Process = Callable[[str, str], int]  # (channel, raw body) -> events answered; r
 MAX_ATTEMPTS = 5
 ACK_QUIET = 0.05  # seconds without a new delivery before a serving process answers (see _acks_first)
 ACK_MAX_DEFER = 1.0  # ... but never waits longer than this per batch
+COMMIT_WAIT = 0.05  # at most this long for the deliveries' commit due before each answer (_commits_first)
 
 
 def _due(now):  # type: ignore[no-untyped-def]
@@ -42,7 +43,7 @@ def _due(now):  # type: ignore[no-untyped-def]
 class Inbox:
     def __init__(self, sessions: sessionmaker[Session], process: Process | None = None, *, batch: int = 50,
                  interval: float = 0.2, lease: float = 60.0, ack_quiet: float = ACK_QUIET,
-                 ack_max_defer: float = ACK_MAX_DEFER):
+                 ack_max_defer: float = ACK_MAX_DEFER, commit_wait: float = COMMIT_WAIT):
         self.sessions = sessions
         self.process = process
         self.batch = batch
@@ -50,11 +51,14 @@ class Inbox:
         self.lease = lease
         self.ack_quiet = ack_quiet
         self.ack_max_defer = ack_max_defer
+        self.commit_wait = commit_wait
         self.wake = asyncio.Event()  # a new delivery is stored: process now
         self.on_processed: Callable[[], None] | None = None  # e.g. wake the outbox dispatcher
         self._pending: list[tuple[str, str, asyncio.Future[None]]] = []
         self._kick = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._committing = False  # a group commit is under way
+        self._commits = 0  # group commits done (ended), for _commits_first
         self.last_put = 0.0  # time.monotonic() of the latest delivery stored by this process
 
     # --- storing (the request path) -----------------------------------------------------------
@@ -87,6 +91,7 @@ class Inbox:
             self._kick.clear()
             batch, self._pending = self._pending, []
             if batch:
+                self._committing = True
                 try:
                     await asyncio.to_thread(self._insert, [(c, b) for c, b, _ in batch])
                 except Exception as exc:  # noqa: BLE001 - each waiting request gets the error (a 503)
@@ -98,6 +103,9 @@ class Inbox:
                         if not future.done():
                             future.set_result(None)
                     self.wake.set()
+                finally:
+                    self._committing = False
+                    self._commits += 1
             if stop.is_set() and not self._pending:
                 return
 
@@ -154,6 +162,19 @@ class Inbox:
         stores nothing, so it never waits."""
         while time.monotonic() - self.last_put < self.ack_quiet and time.monotonic() < deadline:
             await asyncio.sleep(self.ack_quiet / 2)
+        await self._commits_first()
+
+    async def _commits_first(self) -> None:
+        """Under sustained load (past the deadline) still let waiting deliveries be committed before
+        the next answer's transaction starts: on SQLite both need the one write lock, and a commit
+        that finds it taken waits in SQLite's busy handler, which sleeps 1, 2, 5, 10, ... ms between
+        tries; each acknowledgement then waits for at most the one answer already under way.
+        Only for the commits due now, and `commit_wait` at most: a steady stream of puts must not
+        starve answering."""
+        due = int(self._committing) + int(bool(self._pending))
+        target, give_up = self._commits + due, time.monotonic() + self.commit_wait
+        while self._commits < target and time.monotonic() < give_up:
+            await asyncio.sleep(0.001)
 
     async def _process(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

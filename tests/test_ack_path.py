@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import OperationalError
 
 from app.bot import Bot
@@ -131,6 +131,59 @@ def test_answering_waits_while_a_burst_of_deliveries_is_being_acknowledged(servi
     # ... but never deferred for longer than ack_max_defer: under sustained load it keeps answering
     last = asyncio.run(burst(Inbox(services.sessions, process, ack_quiet=0.5, ack_max_defer=0.3), 2.0))
     assert min(answered_at) < last - 0.5
+
+
+def test_under_sustained_load_a_waiting_commit_goes_before_the_next_answer(services: Services) -> None:
+    """Past the deferral, answering goes on, but each answer's transaction waits for the group
+    commit of deliveries already waiting (on SQLite both need the one write lock), a bounded wait."""
+    events: list[tuple[str, float]] = []
+    for commit_wait, first_four in ((10.0, ["answer", "commit starts", "commit ends", "answer"]),
+                                    (0.05, ["answer", "commit starts", "answer", "answer"])):  # not for long
+        events = answer_during_a_slow_commit(services, commit_wait)
+        kinds = [kind for kind, _ in events]
+        assert kinds[:4] == first_four, kinds
+        assert kinds.count("answer") == 4  # the three stored deliveries and the late one
+
+
+def answer_during_a_slow_commit(services: Services, commit_wait: float) -> list[tuple[str, float]]:
+    events: list[tuple[str, float]] = []
+    inbox = Inbox(services.sessions, ack_quiet=0.0, ack_max_defer=0.0, commit_wait=commit_wait)
+    insert = inbox._insert
+
+    def slow_insert(rows: list[tuple[str, str]]) -> None:
+        events.append(("commit starts", time.monotonic()))
+        time.sleep(0.3)
+        insert(rows)
+        events.append(("commit ends", time.monotonic()))
+
+    def process(channel: str, body: str) -> int:
+        events.append(("answer", time.monotonic()))
+        if len(events) == 1:  # while answering the first stored delivery, another one arrives
+            asyncio.run_coroutine_threadsafe(inbox.put("messenger", delivery("late", "late-1", "alo")), loop)
+            time.sleep(0.05)  # ... and its commit starts before this answer ends
+        return 1
+
+    inbox.process = process
+    insert([("messenger", delivery(f"u{i}", f"stored-{i}", "alo")) for i in range(3)])
+
+    async def scenario() -> None:
+        nonlocal loop
+        loop = asyncio.get_running_loop()
+        inbox._insert = slow_insert  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        runner = asyncio.create_task(inbox.run(stop))
+        deadline = time.monotonic() + 10
+        while sum(kind == "answer" for kind, _ in events) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        stop.set()
+        await runner
+
+    loop: asyncio.AbstractEventLoop | None = None
+    asyncio.run(scenario())
+    with services.sessions() as db:  # the next round starts from an empty inbox
+        db.execute(delete(InboxDelivery))
+        db.commit()
+    return events
 
 
 def test_replies_to_different_people_go_out_together_and_each_persons_in_order(services: Services) -> None:
