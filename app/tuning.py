@@ -23,7 +23,8 @@ DEFAULT_GRID: dict[str, list[float]] = {
     "conf_margin": [8, 16, 32],
     "conf_evidence": [8, 16, 32],
     "margin_bias": [1, 2, 3],
-    "answer_confidence": [0.3, 0.4, 0.5],
+    "w_learned": [0.0, 0.5, 1.0, 2.0],
+    "answer_confidence": [0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
     "min_coverage": [0.4, 0.5],
 }
 

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from rapidfuzz import fuzz, process
 
-from intents.index import Index, word_terms
+from intents.index import Index, char_terms, word_terms
+from intents.learned import Learned
 from intents.normalize import ENGLISH_STOPWORDS, Normalized, detect_language, normalize
 from knowledge.schema import Entry
+
+LEARNED_ALL_ENTRIES = 500  # see Matcher._leads
 
 DecisionKind = str  # "faq" | "clarify" | "fallback" | "smalltalk" | "handover"
 
@@ -38,16 +41,25 @@ class MatcherConfig:
     # the margin is over the next entry's score; the evidence margin is how much more of the
     # message's idf mass only the best entry's vocabulary holds (none, for a bare topic word that
     # two entries share). Both must hold: a clear winner among poor matches is still unsure.
-    conf_slope: float = 12.0
-    conf_centre: float = 0.35
+    conf_slope: float = 8.0
+    conf_centre: float = 0.3
     conf_margin: float = 8.0
-    conf_evidence: float = 32.0
+    conf_evidence: float = 16.0
     margin_bias: float = 1.0
-    answer_confidence: float = 0.5  # answer outright at or above this
+    # The second factor is blended with the learned classifier's opinion (intents/learned.py),
+    # its `lead`: how far its probability for the best entry is above its probability for any
+    # other entry (negative when it prefers another), softmax at `learned_temperature`:
+    # wins = (sigmoid(...) + w_learned · lead) / (1 + w_learned), kept within [0, 1].
+    w_learned: float = 0.5
+    learned_temperature: float = 0.1
+    # `vssbot tune tests/eval --max-wrong 0.02` (25 Nov 2026, 6,557 phrasings): right 0.849,
+    # wrong 0.020; of the best combinations, the one whose grid neighbours do best (min_coverage
+    # 0.4 and 0.5 tie: 0.5 keeps "mua iphone ở đâu" out).
+    answer_confidence: float = 0.25  # answer outright at or above this
     clarify_score: float = 0.3  # below this best score: not sure at all → fallback
     clarify_window: float = 0.08  # options offered: within this of the best score
     conversation_score: float = 0.3  # greeting / handover / out-of-scope recognised at or above
-    min_coverage: float = 0.4  # share of the message's idf mass the index knows
+    min_coverage: float = 0.5  # share of the message's idf mass the index knows
     candidate_rows: int = 60
     fuzzy_rows: int = 6  # phrasings of each candidate entry the fuzzy features look at
     max_options: int = 3
@@ -59,6 +71,7 @@ class Candidate:
     score: float
     evidence: float = 0.0  # share of the message's idf mass found in the entry's vocabulary
     exact: bool = False  # the message is one of the entry's phrasings (once normalised)
+    lead: float = 0.0  # the classifier's probability for this entry less its best for another one
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,13 @@ def _best(scores: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
     return among[np.argpartition(sub, len(sub) - k)[len(sub) - k :]]
 
 
+def _terms_of_key(key: str) -> list[str]:
+    """The classifier's terms of a phrasing from its fold key (what word_terms and char_terms read)."""
+    toks = tuple(key.split())
+    norm = Normalized(text=key, toned=toks, fold=toks)
+    return word_terms(norm) + char_terms(norm)
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
@@ -98,6 +118,9 @@ class Matcher:
             self._row_by_key.setdefault(row.key, i)
             vocab[row.lang].update(row.key.split())
         self._row_ids_by_entry = {e: np.asarray(rows, dtype=np.int64) for e, rows in by_entry.items()}
+        # The second opinion, trained on the same phrasings (their fold keys: what the index holds)
+        self.learned = Learned([_terms_of_key(row.key) for row in self.index.rows], self.index.row_entry.tolist(),
+                               len(entries))
         # Words only the English phrasings use, and words only the Vietnamese ones use: what
         # tells an unaccented Vietnamese message ("can giay to gi") from an English one.
         vocab["en"] |= ENGLISH_STOPWORDS  # dropped from the English rows, but English all the same
@@ -152,6 +175,7 @@ class Matcher:
             + cfg.w_ratio * process.cdist([query], keys, scorer=fuzz.ratio, dtype=np.float32, workers=1)[0]
         ) / 100
         row_cover = cover[flat]
+        leads = self._leads(norm, list(best_row))
         scored: list[Candidate] = []
         start = 0
         for (e, r), g in zip(best_row.items(), groups):
@@ -162,9 +186,33 @@ class Matcher:
             best_cover = float(row_cover[start:end].max())
             start = end
             score = float(lexical[r]) + best_fuzzy + cfg.w_row_cover * best_cover
-            scored.append(Candidate(self.index.entries[e], score, float(entry_bm25[e]), e == exact_entry))
+            lead = leads.get(e, 0.0) if leads is not None else 0.0
+            scored.append(Candidate(self.index.entries[e], score, float(entry_bm25[e]), e == exact_entry, lead))
         scored.sort(key=lambda c: c.score, reverse=True)
         return scored[:limit], coverage
+
+    def _leads(self, norm: Normalized, shortlist: list[int]) -> dict[int, float] | None:
+        """Per entry of the shortlist (the lexical candidates): the classifier's probability for it
+        less the highest for any other entry (an out-of-scope or conversational one too); None
+        without a classifier. The softmax is over every entry up to LEARNED_ALL_ENTRIES entries
+        (what the thresholds were tuned with); beyond, over the shortlist only, which keeps the
+        cost of a message flat as the knowledge base grows (an approximation: an entry outside
+        the shortlist rarely is the classifier's favourite)."""
+        n = len(self.index.entries)
+        labels = np.arange(n) if n <= LEARNED_ALL_ENTRIES else np.asarray(shortlist, dtype=np.int64)
+        if len(labels) < 2:
+            return None
+        raw = self.learned.scores(word_terms(norm) + char_terms(norm), labels)
+        if raw is None or not np.isfinite(raw).any():
+            return None
+        p = np.exp((raw - raw.max()) / self.config.learned_temperature)
+        p /= p.sum()
+        first = int(np.argmax(p))
+        runner_up = float(np.max(np.delete(p, first)))
+        leads = p - p[first]
+        leads[first] = p[first] - runner_up
+        by_entry = dict(zip(labels.tolist(), leads.tolist()))
+        return {e: by_entry[e] for e in shortlist}
 
     def rows_of(self, entry: int) -> list[int]:
         return [int(r) for r in self._row_ids_by_entry.get(entry, [])]
@@ -181,10 +229,19 @@ class Matcher:
             return guess
         return "en" if en > vi else "vi"
 
-    def confidence(self, score: float, margin: float, evidence_margin: float = 0.0) -> float:
+    def confidence(self, score: float, margin: float, evidence_margin: float = 0.0, lead: float | None = None) -> float:
+        """P(fits) × P(wins). The classifier's `lead` has a say in the second only: it learned
+        which words tell entries apart, but ignores the words it has never seen, so it cannot
+        tell whether the message is about any of them at all ("mua iphone ở đâu")."""
         cfg = self.config
         fits = _sigmoid(cfg.conf_slope * (score - cfg.conf_centre))
         wins = _sigmoid(cfg.conf_margin * margin + cfg.conf_evidence * evidence_margin - cfg.margin_bias)
+        if lead is not None:
+            # ... nor raise it when both entries' vocabularies hold exactly the same share of the
+            # message (a bare topic word they share): what it prefers then is its prior.
+            if abs(evidence_margin) < 1e-9:
+                lead = min(lead, 0.0)
+            wins = min(1.0, max(0.0, (wins + cfg.w_learned * lead) / (1 + cfg.w_learned)))
         return fits * wins
 
     def decide(self, text: str, lang: str | None = None) -> Decision:
@@ -212,7 +269,7 @@ class Matcher:
             return Decision("fallback", lang, 0.0, candidates=candidates, coverage=coverage)
         top = faqs[0]
         second = faqs[1] if len(faqs) > 1 else Candidate(top.entry, 0.0, 0.0)
-        conf = self.confidence(top.score, top.score - second.score, top.evidence - second.evidence)
+        conf = self.confidence(top.score, top.score - second.score, top.evidence - second.evidence, top.lead)
         if top.exact:
             # The message is literally one of this entry's phrasings, and validation keeps a
             # phrasing in one entry only: the choice between entries is made; only the fit counts.

@@ -2,9 +2,10 @@
 
 The set is held out: its questions are not phrasings of the knowledge base (its writers did not
 see the phrasings they were tested against, and the phrasings were written without it). A
-*wrong* answer is a confident answer that is not right, the worst outcome. The floors pin what
-the matcher reaches today (right 0.734, wrong 0.026 on 350 questions), so a change that makes it
-worse fails; the goal for the complete knowledge base is right >= 0.93 with wrong <= 0.02.
+*wrong* answer is a confident answer that is not right, the worst outcome. The matcher's
+thresholds are tuned on this set (`vssbot tune tests/eval`), never on the acceptance set. The
+floors pin what the matcher reaches today (right 0.849, wrong 0.020 on 350 questions), so a change
+that makes it worse fails; the goal is right >= 0.93 with wrong <= 0.02.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from app.bot import Bot
 from app.evaluation import evaluate, load_cases
 
 EVAL_DIR = Path(__file__).parent / "eval"
-MIN_RIGHT = 0.72
-MAX_WRONG = 0.03
+MIN_RIGHT = 0.83
+MAX_WRONG = 0.02
 MIN_CASES = 300
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import date
 
+import numpy as np
 import pytest
 
 from intents.matcher import Matcher
@@ -101,3 +102,38 @@ def test_candidates_are_ranked_and_confidence_is_bounded(matcher: Matcher) -> No
     scores = [c.score for c in d.candidates]
     assert scores == sorted(scores, reverse=True)
     assert 0.0 <= d.confidence <= 1.0
+
+
+def test_the_classifier_learns_the_words_that_tell_siblings_apart() -> None:
+    from intents.learned import Learned
+
+    docs = [["tien", "bao", "nhieu"], ["muc", "huong", "bao", "nhieu"], ["nop", "o", "dau"], ["trung", "tam", "o", "dau"]]
+    learned = Learned(docs, [0, 0, 1, 1], n_labels=3)  # label 2 has no phrasing
+    every = np.arange(3)
+    scores = learned.scores(["bao", "nhieu", "chua", "biet"], every)  # unknown words are left out
+    assert scores is not None and scores[0] > scores[1] and scores[2] == float("-inf")
+    scores = learned.scores(["o", "dau"], every)
+    assert scores is not None and scores[1] > scores[0]
+    assert list(learned.scores(["o", "dau"], np.asarray([1]))) == [scores[1]]  # only the labels asked for
+    assert Learned([["a"], ["b"]], [0, 0], n_labels=1).scores(["a"], np.arange(1)) is None  # nothing to learn
+
+
+def test_the_classifiers_lead_goes_into_the_confidence(matcher: Matcher) -> None:
+    from dataclasses import replace
+
+    text = "tro cap that nghiep duoc bao nhieu tien"
+    d = matcher.decide(text)
+    assert d.entry is not None and d.entry.id == "ui.amount"
+    best = d.candidates[0]
+    assert best.entry.id == "ui.amount" and best.lead > 0.5  # it prefers the same entry, clearly
+    other = next(c for c in d.candidates if c.entry.id == "ui.where")
+    assert other.lead < 0
+    # a close lexical call: the classifier's clear preference raises it, its doubt lowers it ...
+    lexical = matcher.confidence(0.5, 0.02, 0.01)
+    assert matcher.confidence(0.5, 0.02, 0.01, lead=0.9) > lexical > matcher.confidence(0.5, 0.02, 0.01, lead=-0.9)
+    # ... but it never makes a poor fit (words the knowledge base does not know) an answer
+    assert matcher.confidence(0.1, 0.3, 0.3, lead=1.0) < matcher.config.answer_confidence
+    # ... and with no weight, the confidence is the lexical one
+    lexical_only = Matcher.__new__(Matcher)
+    lexical_only.__dict__.update(matcher.__dict__, config=replace(matcher.config, w_learned=0.0))
+    assert lexical_only.confidence(0.5, 0.02, 0.01, lead=0.9) == lexical
