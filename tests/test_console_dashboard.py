@@ -32,7 +32,7 @@ MIX = [
     ("w5", "web", "chế độ", "clarify", None),
     ("w6", "web", "gặp nhân viên", "handover", "handover.human"),
     ("w7", "web", "giá vàng hôm nay", "fallback", "oos.chitchat"),  # a declined topic: out of scope
-    ("w8", "web", "gọi cho tôi số 0912345678", "fallback", None),
+    ("w8", "web", "tôi thích nấu ăn, số 0912345678", "fallback", None),  # a personal number, masked on the console
     ("m1", "messenger", "điều kiện hưởng trợ cấp thất nghiệp", "faq", "unemployment.eligibility"),
     ("m2", "messenger", "mức đóng bảo hiểm xã hội tự nguyện", "faq", "voluntary.minimum-contribution"),
     ("m3", "messenger", "gặp nhân viên", "handover", "handover.human"),  # Messenger: a person takes over
