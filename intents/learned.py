@@ -28,12 +28,11 @@ PRUNE = 1e-3
 def _features(counts: Counter[str], columns: dict[str, int], idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A document's known terms as columns and TF-IDF weights (sublinear tf, L2-normalised), as
     scikit-learn's TfidfVectorizer(sublinear_tf=True) computes them."""
-    cols = [columns[t] for t in counts if t in columns]
-    if not cols:
+    known = [(columns[t], 1.0 + math.log(n)) for t, n in counts.items() if t in columns]
+    if not known:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-    col_arr = np.asarray(cols, dtype=np.int64)
-    tf = np.asarray([1.0 + math.log(counts[t]) for t in counts if t in columns])
-    vals = tf * idf[col_arr]
+    col_arr = np.asarray([c for c, _ in known], dtype=np.int64)
+    vals = np.asarray([tf for _, tf in known]) * idf[col_arr]
     return col_arr, vals / np.linalg.norm(vals)
 
 
@@ -41,7 +40,6 @@ class Learned:
     """Trained once from (terms of a phrasing, its label); `scores` of a message for every label."""
 
     def __init__(self, docs: Sequence[list[str]], labels: Sequence[int], n_labels: int, c: float = 1.0):
-        self.n_labels = n_labels
         df: Counter[str] = Counter()
         for d in docs:
             df.update(set(d))
@@ -66,24 +64,20 @@ class Learned:
         coef, intercept = svc.coef_, svc.intercept_
         if len(classes) == 2:  # one decision function for both: the second class's, negated for the first
             coef, intercept = np.vstack([-coef[0], coef[0]]), np.asarray([-intercept[0], intercept[0]])
-        pruned = np.where(np.abs(coef) >= PRUNE, coef, 0.0).astype(np.float32)
-        del coef, svc
-        full = csr_matrix(pruned)
         # term × label: a message touches only the rows of its own terms
-        self.weights = csr_matrix(full.T)
+        self.weights = csr_matrix(np.where(np.abs(coef) >= PRUNE, coef, 0.0).astype(np.float32).T)
         self._labels = classes
         self.intercept[classes] = intercept
         self.trained[classes] = True
 
-    def scores(self, terms: list[str], labels: np.ndarray) -> np.ndarray | None:
-        """The decision value of each of `labels` for a message's terms (-inf for a label not
-        trained), or None if there is no classifier (fewer than two labels)."""
+    def scores(self, terms: list[str], labels: np.ndarray | None = None) -> np.ndarray | None:
+        """The decision value of each label (or of `labels`) for a message's terms (-inf for a
+        label not trained), or None if there is no classifier (fewer than two labels)."""
         if self.weights is None:
             return None
         cols, vals = _features(Counter(terms), self.columns, self.idf)
         every = self.intercept.copy()
         if len(cols):
             every[self._labels] += self.weights[cols].T @ vals.astype(np.float32)
-        out = every[labels]
-        out[~self.trained[labels]] = -np.inf
-        return out
+        every[~self.trained] = -np.inf
+        return every if labels is None else every[labels]

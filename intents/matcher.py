@@ -20,8 +20,6 @@ from intents.learned import Learned
 from intents.normalize import ENGLISH_STOPWORDS, Normalized, detect_language, normalize
 from knowledge.schema import Entry
 
-LEARNED_ALL_ENTRIES = 500  # see Matcher._leads
-
 DecisionKind = str  # "faq" | "clarify" | "fallback" | "smalltalk" | "handover"
 
 
@@ -133,7 +131,8 @@ class Matcher:
         cfg = self.config
         if not norm.fold or self.index.size == 0:
             return [], 0.0
-        terms = set(word_terms(norm))  # once: BM25, entry BM25 and coverage all use them
+        words = word_terms(norm)
+        terms = set(words)  # once: BM25, entry BM25, coverage (and, with the trigrams, the classifier)
         bm25, coverage = self.index.bm25(terms)
         if norm.toned != norm.fold:  # the message has diacritics: let the toned space have a say
             bm25 = (1 - cfg.toned_share) * bm25 + cfg.toned_share * self.index.toned_bm25(norm)
@@ -175,7 +174,7 @@ class Matcher:
             + cfg.w_ratio * process.cdist([query], keys, scorer=fuzz.ratio, dtype=np.float32, workers=1)[0]
         ) / 100
         row_cover = cover[flat]
-        leads = self._leads(norm, list(best_row))
+        leads = self._leads(words + char_terms(norm))
         scored: list[Candidate] = []
         start = 0
         for (e, r), g in zip(best_row.items(), groups):
@@ -186,24 +185,16 @@ class Matcher:
             best_cover = float(row_cover[start:end].max())
             start = end
             score = float(lexical[r]) + best_fuzzy + cfg.w_row_cover * best_cover
-            lead = leads.get(e, 0.0) if leads is not None else 0.0
+            lead = float(leads[e]) if leads is not None else 0.0
             scored.append(Candidate(self.index.entries[e], score, float(entry_bm25[e]), e == exact_entry, lead))
         scored.sort(key=lambda c: c.score, reverse=True)
         return scored[:limit], coverage
 
-    def _leads(self, norm: Normalized, shortlist: list[int]) -> dict[int, float] | None:
-        """Per entry of the shortlist (the lexical candidates): the classifier's probability for it
-        less the highest for any other entry (an out-of-scope or conversational one too); None
-        without a classifier. The softmax is over every entry up to LEARNED_ALL_ENTRIES entries
-        (what the thresholds were tuned with); beyond, over the shortlist only, which keeps the
-        cost of a message flat as the knowledge base grows (an approximation: an entry outside
-        the shortlist rarely is the classifier's favourite)."""
-        n = len(self.index.entries)
-        labels = np.arange(n) if n <= LEARNED_ALL_ENTRIES else np.asarray(shortlist, dtype=np.int64)
-        if len(labels) < 2:
-            return None
-        raw = self.learned.scores(word_terms(norm) + char_terms(norm), labels)
-        if raw is None or not np.isfinite(raw).any():
+    def _leads(self, terms: list[str]) -> np.ndarray | None:
+        """Per entry: the classifier's probability for it less the highest for any other entry
+        (an out-of-scope or conversational one too); None without a classifier."""
+        raw = self.learned.scores(terms)
+        if raw is None:
             return None
         p = np.exp((raw - raw.max()) / self.config.learned_temperature)
         p /= p.sum()
@@ -211,8 +202,7 @@ class Matcher:
         runner_up = float(np.max(np.delete(p, first)))
         leads = p - p[first]
         leads[first] = p[first] - runner_up
-        by_entry = dict(zip(labels.tolist(), leads.tolist()))
-        return {e: by_entry[e] for e in shortlist}
+        return leads
 
     def rows_of(self, entry: int) -> list[int]:
         return [int(r) for r in self._row_ids_by_entry.get(entry, [])]
