@@ -71,6 +71,8 @@ ABBREVIATIONS: dict[str, str] = {
 }
 
 # "dk" reads "điều kiện" before these words ("dk huong", "dk rut"), "được" otherwise.
+_TN_VOLUNTARY_PREV = {"bhxh", "xh"}
+_TN_UNEMPLOYMENT_PREV = {"bh", "huong", "tien", "tro", "cap", "tc", "lanh", "nhan"}
 _DK_CONDITION_NEXT = {"huong", "hưởng", "rut", "rút", "nhan", "nhận", "de", "để", "tham", "nghi", "nghỉ", "ve", "về", "la", "là", "gi", "gì", "j"}
 
 # Fillers dropped from the keys: recognised on the toned token (so "hội" in "xã hội" is never
@@ -177,6 +179,13 @@ def _expand(tokens: list[str]) -> list[str]:
         key = tok
         if key not in ABBREVIATIONS and len(key) > 1 and key[-1] == key[-2] and key[:-1] in ABBREVIATIONS:
             key = key[:-1]  # "dcc", "okk": a doubled last letter of a known abbreviation
+        if key == "tn" and i:
+            # "bhxh tn" as "bhxhtn": tự nguyện; "bh tn", "hưởng tn", "tiền tn": thất nghiệp (as
+            # "bhtn", "tctn"); elsewhere (a bare "tn", "đóng tn") it stays ambiguous
+            prev = fold(tokens[i - 1])
+            if prev in _TN_VOLUNTARY_PREV or prev in _TN_UNEMPLOYMENT_PREV:
+                out.extend(("tự nguyện" if prev in _TN_VOLUNTARY_PREV else "thất nghiệp").split())
+                continue
         if key in ("dk", "đk"):
             nxt = fold(tokens[i + 1]) if i + 1 < len(tokens) else ""
             out.extend(("điều kiện" if nxt in _DK_CONDITION_NEXT else "được").split())
@@ -209,7 +218,8 @@ def normalize(text: str, drop_fillers: bool = True, lang: str = "vi") -> Normali
     tokens = _expand(words)
     toned = [canonical_tone(t) for t in tokens]
     if drop_fillers:
-        kept = [t for t in toned if t not in FILLERS_TONED and not (t.isascii() and t in FILLERS_ASCII)]
+        kept = [t for i, t in enumerate(toned) if t not in FILLERS_TONED and not (t.isascii() and t in FILLERS_ASCII)
+                or (t == "da" and i and fold(toned[i - 1]) == "toi")]  # "toi da": tối đa, not tôi đã
         toned = kept or toned  # a message made only of fillers keeps them ("dạ vâng", "ạ")
     return Normalized(text=text, toned=tuple(toned), fold=tuple(fold(t) for t in toned))
 

@@ -84,6 +84,18 @@ def test_filler_removal_is_accent_aware() -> None:
     assert normalize("cho em hỏi bảo hiểm xã hội ạ").fold_key == "bao hiem xa hoi"
 
 
+def test_tn_reads_from_the_word_before_it() -> None:
+    assert normalize("bhxh tn đóng bn").fold_key == normalize("bhxh tự nguyện đóng bn").fold_key
+    assert normalize("hưởng tn mấy tháng").fold_key == normalize("hưởng thất nghiệp mấy tháng").fold_key
+    assert normalize("bh tn").fold_key == normalize("bhtn").fold_key
+    assert normalize("đóng tn 20 năm").fold_key == "dong tn 20 nam"  # either: left as typed
+
+
+def test_unaccented_toi_da_is_a_maximum_not_a_filler() -> None:
+    assert normalize("muc dong toi da").fold_key == normalize("mức đóng tối đa").fold_key == "muc dong toi da"
+    assert normalize("da dong du chua a").fold_key == "dong du chua"  # "dạ" / "đã" still dropped
+
+
 def test_punctuation_emoji_and_urls_are_dropped() -> None:
     assert normalize("Thai sản??? 😀😀 https://example.com/x !!!").fold_key == "thai san"
     assert normalize("😀😀").fold == ()
