@@ -25,8 +25,9 @@ run: install  ## validate the knowledge base, migrate the database, serve on htt
 test: install  ## run the whole test suite (PostgreSQL too when VSSBOT_TEST_POSTGRES_URL is set)
 	$(BIN)/pytest
 
-eval: install  ## the project's own evaluation set, with the list of misses
+eval: install  ## the project's own evaluation sets, with the list of misses
 	$(BIN)/vssbot eval tests/eval
+	$(BIN)/vssbot eval tests/heldout
 
 bench: install  ## matcher latency and memory, shipped size and 2,000 entries, against a naive baseline
 	$(BIN)/python benchmarks/matcher.py

@@ -230,17 +230,18 @@ def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
     from app.tuning import best, grid_search
 
     bot = Bot(settings.knowledge_dir)
-    cases = load_cases([Path(p) for p in args.files])
+    sets = [load_cases([Path(p)]) for p in args.files]
     current = asdict(bot.matcher.config)
-    print(f"tuning on {len(cases)} cases (this takes a minute)...", file=sys.stderr)
-    trials = grid_search(bot, cases)
+    print(f"tuning on {sum(map(len, sets))} cases in {len(sets)} set(s) (this takes a few minutes)...", file=sys.stderr)
+    trials = grid_search(bot, sets)
     top = best(trials, args.max_wrong)
     if not top:
-        print(f"no combination keeps wrong <= {args.max_wrong}")
+        print(f"no combination keeps wrong <= {args.max_wrong} on every set")
         return 1
     for t in top[: args.show]:
         changed = {k: v for k, v in t.params.items() if current.get(k) != v}
-        print(f"right={t.right:.3f} wrong={t.wrong:.3f} clarified={t.clarified:.3f}  {changed or '(the current settings)'}")
+        each = "  ".join(f"{name}: {r:.3f}/{w:.3f}" for name, (r, w) in zip(args.files, t.per_set))
+        print(f"right={t.right:.3f} wrong={t.wrong:.3f} clarified={t.clarified:.3f}  [{each}]  {changed or '(the current settings)'}")
     return 0
 
 
@@ -667,8 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("tune", help="grid-search the matcher's thresholds on labelled files (prints, changes nothing)")
-    s.add_argument("files", nargs="+", help="labelled .jsonl files or folders of them (not the acceptance set)")
-    s.add_argument("--max-wrong", type=float, default=0.02, help="ceiling on the share of wrong answers")
+    s.add_argument("files", nargs="+", help="labelled .jsonl files or folders of them, each a set (not the acceptance set)")
+    s.add_argument("--max-wrong", type=float, default=0.02, help="ceiling on the share of wrong answers, on every set")
     s.add_argument("--show", type=int, default=5, help="how many of the best combinations to print")
     s.set_defaults(func=cmd_tune)
 

@@ -1,9 +1,9 @@
 """Grid search of the matcher's decision thresholds on a labelled set (`vssbot tune`).
 
 Ranking is done once per question; each combination of thresholds then only re-decides, so a
-grid of thousands of combinations takes seconds. The pick: the most right answers among the
-combinations whose wrong-answer share stays under a ceiling (a confident wrong answer is the
-worst outcome). The chosen numbers go into intents/matcher.py's MatcherConfig by hand, with the
+grid of thousands of combinations takes minutes. Each file or folder given is a set; the pick:
+among the combinations whose wrong-answer share stays under a ceiling on every set (a confident
+wrong answer is the worst outcome), the one whose weakest set has the most right answers. The chosen numbers go into intents/matcher.py's MatcherConfig by hand, with the
 figures, so that a change of thresholds is a reviewed commit.
 """
 from __future__ import annotations
@@ -18,13 +18,15 @@ from intents.matcher import Decision
 from intents.normalize import normalize
 
 DEFAULT_GRID: dict[str, list[float]] = {
-    "conf_centre": [0.25, 0.3, 0.35, 0.4],
-    "conf_slope": [8, 12, 20],
+    "conf_centre": [0.3, 0.4, 0.5],
+    "conf_slope": [8],
     "conf_margin": [8, 16, 32],
     "conf_evidence": [8, 16, 32],
-    "margin_bias": [1, 2, 3],
-    "w_learned": [0.0, 0.5, 1.0, 2.0],
-    "answer_confidence": [0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
+    "margin_bias": [1, 2],
+    "w_learned": [0.0, 0.5, 1.0],
+    "w_rank_learned": [0.1, 0.2, 0.3, 0.5],
+    "overruled_factor": [1.0, 0.75, 0.5],
+    "answer_confidence": [0.2, 0.25, 0.3, 0.4, 0.5],
     "min_coverage": [0.4, 0.5],
 }
 
@@ -32,9 +34,10 @@ DEFAULT_GRID: dict[str, list[float]] = {
 @dataclass(frozen=True)
 class Trial:
     params: dict[str, float]
-    right: float
+    right: float  # over every case
     wrong: float
     clarified: float
+    per_set: tuple[tuple[float, float], ...] = ()  # (right, wrong) of each labelled set, in order
 
 
 def _reply(bot: Bot, d: Decision, answers: dict[tuple[str, str], str]) -> dict[str, Any]:
@@ -48,32 +51,48 @@ def _reply(bot: Bot, d: Decision, answers: dict[tuple[str, str], str]) -> dict[s
     return {"kind": d.kind, "answer": ""}
 
 
-def grid_search(bot: Bot, cases: list[dict[str, Any]], grid: dict[str, list[float]] | None = None) -> list[Trial]:
-    grid = grid or DEFAULT_GRID
+def grid_search(bot: Bot, sets: list[list[dict[str, Any]]], grid: dict[str, list[float]] | None = None) -> list[Trial]:
+    """Every combination of `grid`, scored on each labelled set (a list of cases) and on all of them."""
+    grid = dict(grid or DEFAULT_GRID)
     matcher = bot.matcher
     base = matcher.config
-    ranked = []
-    for case in cases:
-        lang = matcher.language(case["text"])
-        candidates, coverage = matcher.rank(normalize(case["text"], lang=lang))
-        ranked.append((candidates, coverage, case.get("lang") or lang))
+    ranked = []  # (set number, candidates, coverage, reply language, case)
+    for n, cases in enumerate(sets):
+        for case in cases:
+            lang = matcher.language(case["text"])
+            candidates, coverage = matcher.rank(normalize(case["text"], lang=lang))
+            ranked.append((n, candidates, coverage, case.get("lang") or lang, case))
     answers: dict[tuple[str, str], str] = {}
     trials = []
+    # The ranking weight changes least often: the candidates are re-ranked once per value.
+    rank_weights = grid.pop("w_rank_learned", [base.w_rank_learned])
     try:
-        for combo in itertools.product(*grid.values()):
-            params = dict(zip(grid.keys(), combo))
-            matcher.config = replace(base, **params)
-            verdicts = [
-                judge(case, _reply(bot, matcher.decide_ranked(c, cov, lang), answers))
-                for case, (c, cov, lang) in zip(cases, ranked)
-            ]
-            n = max(1, len(verdicts))
-            trials.append(Trial(params, verdicts.count("right") / n, verdicts.count("wrong") / n, verdicts.count("clarified") / n))
+        for w in rank_weights:
+            matcher.config = replace(base, w_rank_learned=w)
+            reranked = [(n, matcher._reranked(c), cov, lang, case) for n, c, cov, lang, case in ranked]
+            for combo in itertools.product(*grid.values()):
+                params = {"w_rank_learned": w, **dict(zip(grid.keys(), combo))}
+                matcher.config = replace(base, **params)
+                verdicts = [(n, judge(case, _reply(bot, matcher.decide_ranked(c, cov, lang), answers)))
+                            for n, c, cov, lang, case in reranked]
+                trials.append(_trial(params, verdicts, len(sets)))
     finally:
         matcher.config = base
     return trials
 
 
+def _trial(params: dict[str, float], verdicts: list[tuple[int, str]], n_sets: int) -> Trial:
+    def shares(vs: list[str]) -> tuple[float, float, float]:
+        n = max(1, len(vs))
+        return vs.count("right") / n, vs.count("wrong") / n, vs.count("clarified") / n
+
+    right, wrong, clarified = shares([v for _, v in verdicts])
+    per_set = tuple(shares([v for n, v in verdicts if n == k])[:2] for k in range(n_sets))
+    return Trial(params, right, wrong, clarified, per_set)
+
+
 def best(trials: list[Trial], max_wrong: float) -> list[Trial]:
-    ok = [t for t in trials if t.wrong <= max_wrong]
-    return sorted(ok, key=lambda t: (t.right, -t.wrong), reverse=True)
+    """The combinations that keep every set's wrong share within `max_wrong`, best first: the
+    highest right share of the weakest set, then over all cases."""
+    ok = [t for t in trials if all(w <= max_wrong for _, w in t.per_set or ((t.right, t.wrong),))]
+    return sorted(ok, key=lambda t: (min((r for r, _ in t.per_set), default=t.right), t.right, -t.wrong), reverse=True)

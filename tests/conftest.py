@@ -123,7 +123,9 @@ class ConsoleClient:
     """An httpx client logged in to the console as one role, sending its CSRF token on changes."""
 
     def __init__(self, base_url: str, username: str | None = None):
-        self.http = httpx.Client(base_url=base_url, follow_redirects=False, timeout=30)
+        # 120 s: the knowledge-base check (build, leave-one-out over every phrasing, the evaluation
+        # set) takes ~25 s on a quiet machine, more on a busy CI runner
+        self.http = httpx.Client(base_url=base_url, follow_redirects=False, timeout=120)
         self.csrf = ""
         if username:
             self.login(username)

@@ -23,7 +23,7 @@ CAT = [  # one question asked five ways, two on Messenger; one carries a citizen
     ("messenger", "m1", "cho mình hỏi về con mèo nhà hàng xóm 012345678901 ạ"),
     ("messenger", "m2", "cho minh hoi ve con meo nha hang xom a"),
 ]
-CLARIFY = "thẻ bhyt"
+CLARIFY = "thẻ bảo hiểm"
 ANSWERED = "mức đóng bhxh tự nguyện"
 CITIZEN_ID = "012345678901"
 PHRASING_TARGET = "general.employer-arrears"
@@ -186,14 +186,14 @@ def test_a_phrasing_is_added_once(console: Console) -> None:
 
 def test_draft_a_new_entry_resolves_and_opens_the_editor(console: Console) -> None:
     ids = feed(console)
-    r = console.editor.post("/admin/review/new-entry", {"ids": [str(i) for i in ids["clarify"]], "text": " thẻ  bhyt ",
+    r = console.editor.post("/admin/review/new-entry", {"ids": [str(i) for i in ids["clarify"]], "text": " thẻ  bảo hiểm ",
                                                         "lang": ""})
     assert r.status_code == 303
     target = urlparse(r.headers["location"])
-    assert target.path == "/admin/kb/new" and parse_qs(target.query)["question"] == ["thẻ bhyt"]
+    assert target.path == "/admin/kb/new" and parse_qs(target.query)["question"] == [CLARIFY]
     [item] = items(console, ids["clarify"])
     assert (item.status, item.action, item.resolved_by, item.detail) == (
-        "resolved", "new_entry", "editor", {"text": "thẻ bhyt", "lang": "vi"})
+        "resolved", "new_entry", "editor", {"text": CLARIFY, "lang": "vi"})
     [row] = audits(console)
     assert (row.action, row.target, row.after["items"]) == ("review.new_entry", "-", ids["clarify"])
     with console.services.sessions() as db:

@@ -118,9 +118,16 @@ def test_the_classifier_learns_the_words_that_tell_siblings_apart() -> None:
     assert Learned([["a"], ["b"]], [0, 0], n_labels=1).scores(["a"], np.arange(1)) is None  # nothing to learn
 
 
-def test_the_classifiers_lead_goes_into_the_confidence(matcher: Matcher) -> None:
+def _with(matcher: Matcher, **changes: float) -> Matcher:
+    """The same built matcher with other settings (no retraining)."""
     from dataclasses import replace
 
+    other = Matcher.__new__(Matcher)
+    other.__dict__.update(matcher.__dict__, config=replace(matcher.config, **changes))
+    return other
+
+
+def test_the_classifiers_lead_can_go_into_the_confidence(matcher: Matcher) -> None:
     text = "tro cap that nghiep duoc bao nhieu tien"
     d = matcher.decide(text)
     assert d.entry is not None and d.entry.id == "ui.amount"
@@ -128,12 +135,38 @@ def test_the_classifiers_lead_goes_into_the_confidence(matcher: Matcher) -> None
     assert best.entry.id == "ui.amount" and best.lead > 0.5  # it prefers the same entry, clearly
     other = next(c for c in d.candidates if c.entry.id == "ui.where")
     assert other.lead < 0
+    weighed = _with(matcher, w_learned=0.5)
     # a close lexical call: the classifier's clear preference raises it, its doubt lowers it ...
-    lexical = matcher.confidence(0.5, 0.02, 0.01)
-    assert matcher.confidence(0.5, 0.02, 0.01, lead=0.9) > lexical > matcher.confidence(0.5, 0.02, 0.01, lead=-0.9)
+    lexical = weighed.confidence(0.5, 0.02, 0.01)
+    assert weighed.confidence(0.5, 0.02, 0.01, lead=0.9) > lexical > weighed.confidence(0.5, 0.02, 0.01, lead=-0.9)
     # ... but it never makes a poor fit (words the knowledge base does not know) an answer
-    assert matcher.confidence(0.1, 0.3, 0.3, lead=1.0) < matcher.config.answer_confidence
+    assert weighed.confidence(0.1, 0.3, 0.3, lead=1.0) < weighed.config.answer_confidence
     # ... and with no weight, the confidence is the lexical one
-    lexical_only = Matcher.__new__(Matcher)
-    lexical_only.__dict__.update(matcher.__dict__, config=replace(matcher.config, w_learned=0.0))
-    assert lexical_only.confidence(0.5, 0.02, 0.01, lead=0.9) == lexical
+    assert _with(matcher, w_learned=0.0).confidence(0.5, 0.02, 0.01, lead=0.9) == lexical
+
+
+def test_the_classifier_reorders_the_candidates_but_does_not_make_a_match(matcher: Matcher) -> None:
+    d = matcher.decide("tro cap that nghiep duoc bao nhieu tien")
+    for c in d.candidates:  # the score is the lexical score plus the weighted probability
+        assert c.score == pytest.approx(c.lexical + matcher.config.w_rank_learned * c.probability)
+    assert sum(c.probability for c in d.candidates) <= 1.0 + 1e-6
+    assert [c.score for c in d.candidates] == sorted((c.score for c in d.candidates), reverse=True)
+    # without its weight the order is the index's own, and re-deciding at another weight re-ranks
+    lexical_only = _with(matcher, w_rank_learned=0.0)
+    ranked = lexical_only.decide_ranked(d.candidates, d.coverage, "vi").candidates
+    assert [c.lexical for c in ranked] == sorted((c.lexical for c in ranked), reverse=True)
+    # whatever the classifier thinks, a message of unknown words is not an answer
+    assert _with(matcher, w_rank_learned=5.0).decide("giá vàng hôm nay bao nhiêu").kind == "fallback"
+
+
+def test_an_overruled_best_entry_is_answered_less_surely(matcher: Matcher) -> None:
+    from intents.matcher import Candidate
+
+    amount, where = (next(e for e in ENTRIES if e.id == i) for i in ("ui.amount", "ui.where"))
+    # the index prefers "where" a little, the classifier "amount" clearly: "amount" ranks first
+    cands = [Candidate(amount, 0.0, 0.30, lead=0.9, lexical=0.60, probability=0.95),
+             Candidate(where, 0.0, 0.25, lead=-0.9, lexical=0.62, probability=0.05)]
+    sure = _with(matcher, overruled_factor=1.0).decide_ranked(cands, 1.0, "vi")
+    unsure = _with(matcher, overruled_factor=0.5).decide_ranked(cands, 1.0, "vi")
+    assert sure.candidates[0].entry.id == unsure.candidates[0].entry.id == "ui.amount"
+    assert unsure.confidence == pytest.approx(sure.confidence * 0.5, abs=1e-3)
