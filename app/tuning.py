@@ -69,7 +69,7 @@ def grid_search(bot: Bot, sets: list[list[dict[str, Any]]], grid: dict[str, list
     try:
         for w in rank_weights:
             matcher.config = replace(base, w_rank_learned=w)
-            reranked = [(n, matcher._reranked(c), cov, lang, case) for n, c, cov, lang, case in ranked]
+            reranked = [(n, matcher.reranked(c), cov, lang, case) for n, c, cov, lang, case in ranked]
             for combo in itertools.product(*grid.values()):
                 params = {"w_rank_learned": w, **dict(zip(grid.keys(), combo))}
                 matcher.config = replace(base, **params)

@@ -205,7 +205,7 @@ class Matcher:
         scored.sort(key=lambda c: c.score, reverse=True)
         return scored[:limit], coverage
 
-    def _reranked(self, candidates: list[Candidate]) -> list[Candidate]:
+    def reranked(self, candidates: list[Candidate]) -> list[Candidate]:
         """The candidates scored with the classifier's say (at the configured weight), best first."""
         w = self.config.w_rank_learned
         if all(c.score == c.lexical + w * c.probability for c in candidates):
@@ -269,7 +269,7 @@ class Matcher:
         cfg = self.config
         if not candidates:
             return Decision("fallback", lang, 0.0, candidates=[], coverage=coverage)
-        candidates = self._reranked(candidates)  # a no-op unless the weight changed (tuning)
+        candidates = self.reranked(candidates)  # a no-op unless the weight changed (tuning)
         best = candidates[0]
         faqs = [c for c in candidates if c.entry.kind == "faq"]
         conv = [c for c in candidates if c.entry.kind != "faq"]
