@@ -3,7 +3,8 @@
 Ranking is done once per question; each combination of thresholds then only re-decides, so a
 grid of thousands of combinations takes minutes. Each file or folder given is a set; the pick:
 among the combinations whose wrong-answer share stays under a ceiling on every set (a confident
-wrong answer is the worst outcome), the one whose weakest set has the most right answers. The chosen numbers go into intents/matcher.py's MatcherConfig by hand, with the
+wrong answer is the worst outcome), the one whose weakest set has the most right answers. The
+chosen numbers go into intents/matcher.py's MatcherConfig by hand, with the
 figures, so that a change of thresholds is a reviewed commit.
 """
 from __future__ import annotations
