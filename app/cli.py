@@ -205,18 +205,10 @@ def cmd_chat(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from app.bot import Bot
-    from app.evaluation import evaluate, load_cases
+    from app.evaluation import evaluate_bot, load_cases
 
     bot = Bot(settings.knowledge_dir)
-    cases = load_cases([Path(p) for p in args.files])
-    replies = []
-    for case in cases:
-        r = bot.reply(case["text"], case.get("lang"))
-        replies.append({
-            "kind": r.kind, "intent_id": r.intent_id, "regime": r.regime, "confidence": r.confidence,
-            "answer": r.text, "suggestions": [{"regime": s.regime, "intent_id": s.intent_id} for s in r.suggestions],
-        })
-    report = evaluate(cases, replies)
+    report = evaluate_bot(bot, load_cases([Path(p) for p in args.files]))
     print(report.render(show_misses=not args.quiet))
     ok = report.share() >= args.min_score and report.share("wrong") <= args.max_wrong
     return 0 if ok else 1

@@ -11,7 +11,10 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.bot import Bot, Reply
 
 RANK = {"right": 0, "clarified": 1, "soft": 2, "miss": 3, "wrong": 4}
 
@@ -129,3 +132,16 @@ def evaluate(cases: list[dict[str, Any]], replies: list[dict[str, Any]]) -> Repo
         if v != "right":
             report.misses.append((v, case, reply))
     return report
+
+
+def reply_record(r: Reply) -> dict[str, Any]:
+    """A reply as the judge reads it (the fields `vssbot ask --jsonl` prints, less the message id)."""
+    return {
+        "kind": r.kind, "intent_id": r.intent_id, "regime": r.regime, "confidence": r.confidence,
+        "answer": r.text, "suggestions": [{"regime": s.regime, "intent_id": s.intent_id} for s in r.suggestions],
+    }
+
+
+def evaluate_bot(bot: Bot, cases: list[dict[str, Any]]) -> Report:
+    """Ask the bot every case (in the case's language if it names one) and judge the replies."""
+    return evaluate(cases, [reply_record(bot.reply(case["text"], case.get("lang"))) for case in cases])

@@ -57,12 +57,12 @@ def grid_search(bot: Bot, sets: list[list[dict[str, Any]]], grid: dict[str, list
     grid = dict(grid or DEFAULT_GRID)
     matcher = bot.matcher
     base = matcher.config
-    ranked = []  # (set number, candidates, coverage, reply language, case)
+    ranked = []  # (set number, candidates, coverage, reply language, case, question part's ranking)
     for n, cases in enumerate(sets):
         for case in cases:
             lang = matcher.language(case["text"])
             candidates, coverage = matcher.rank(normalize(case["text"], lang=lang))
-            ranked.append((n, candidates, coverage, case.get("lang") or lang, case))
+            ranked.append((n, candidates, coverage, case.get("lang") or lang, case, matcher.rank_focus(case["text"], lang)))
     answers: dict[tuple[str, str], str] = {}
     trials = []
     # The ranking weight changes least often: the candidates are re-ranked once per value.
@@ -70,12 +70,12 @@ def grid_search(bot: Bot, sets: list[list[dict[str, Any]]], grid: dict[str, list
     try:
         for w in rank_weights:
             matcher.config = replace(base, w_rank_learned=w)
-            reranked = [(n, matcher.reranked(c), cov, lang, case) for n, c, cov, lang, case in ranked]
+            reranked = [(n, matcher.reranked(c), cov, lang, case, focus) for n, c, cov, lang, case, focus in ranked]
             for combo in itertools.product(*grid.values()):
                 params = {"w_rank_learned": w, **dict(zip(grid.keys(), combo))}
                 matcher.config = replace(base, **params)
-                verdicts = [(n, judge(case, _reply(bot, matcher.decide_ranked(c, cov, lang), answers)))
-                            for n, c, cov, lang, case in reranked]
+                verdicts = [(n, judge(case, _reply(bot, matcher.decide_ranked(c, cov, lang, focus), answers)))
+                            for n, c, cov, lang, case, focus in reranked]
                 trials.append(_trial(params, verdicts, len(sets)))
     finally:
         matcher.config = base

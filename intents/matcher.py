@@ -6,11 +6,14 @@ entry's whole vocabulary, character-trigram cosine, how much of the phrasing the
 and rapidfuzz ratios against the candidates' best phrasings, plus the learned classifier's
 probability for the entry (intents/learned.py), weighted. Confidence (see MatcherConfig) needs
 both a good fit and a clear lead over the next entry, so that a confident wrong answer (the worst
-outcome) is traded for a clarification. The numbers come from `vssbot tune tests/eval tests/heldout`.
+outcome) is traded for a clarification. A long message (context, then the question) that is not
+answered as a whole gets a second chance: its question part is ranked too, and an entry that fits
+both is answered (decide_ranked). The numbers come from `vssbot tune tests/eval tests/heldout`.
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -93,6 +96,14 @@ class Decision:
     options: list[Entry] = field(default_factory=list)  # clarify: what to offer
     candidates: list[Candidate] = field(default_factory=list)  # what was considered, best first
     coverage: float = 0.0
+
+
+# A long message is context, then the question: "Bố em đóng BHXH 17 năm. Tháng trước bố mất. Nhà
+# em ai được hưởng tuất?" Its sentences end at . ? ! ; or a line break.
+_SENTENCE_END = re.compile(r"(?<=[.?!;\n])\s+")
+FOCUS_MIN_WORDS = 6  # a shorter last sentence ("Như vậy có đúng không ạ?") takes the one before too
+
+Ranking = tuple[list["Candidate"], float]  # candidates best first, and the message's coverage
 
 
 def _best(scores: np.ndarray, among: np.ndarray, k: int) -> np.ndarray:
@@ -205,6 +216,19 @@ class Matcher:
         scored.sort(key=lambda c: c.score, reverse=True)
         return scored[:limit], coverage
 
+    def rank_focus(self, text: str, lang: str) -> Ranking | None:
+        """The ranking of a long message's question part: its last sentence (the last two when the
+        last is short), or None when the message is a single sentence."""
+        sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+        if len(sentences) < 2:
+            return None
+        focus = sentences[-1]
+        if len(normalize(focus, lang=lang).fold) < FOCUS_MIN_WORDS:
+            if len(sentences) < 3:
+                return None
+            focus = " ".join(sentences[-2:])
+        return self.rank(normalize(focus, lang=lang))
+
     def reranked(self, candidates: list[Candidate]) -> list[Candidate]:
         """The candidates scored with the classifier's say (at the configured weight), best first."""
         w = self.config.w_rank_learned
@@ -262,10 +286,23 @@ class Matcher:
     def decide(self, text: str, lang: str | None = None) -> Decision:
         detected = self.language(text)
         candidates, coverage = self.rank(normalize(text, lang=detected))
-        return self.decide_ranked(candidates, coverage, lang or detected)
+        return self.decide_ranked(candidates, coverage, lang or detected, self.rank_focus(text, detected))
 
-    def decide_ranked(self, candidates: list[Candidate], coverage: float, lang: str) -> Decision:
-        """The decision from ranked candidates (separate from ranking, so thresholds can be tuned)."""
+    def decide_ranked(self, candidates: list[Candidate], coverage: float, lang: str,
+                      focus: Ranking | None = None) -> Decision:
+        """The decision from ranked candidates (separate from ranking, so thresholds can be tuned).
+        `focus` is the ranking of the message's question part (rank_focus): when the whole message
+        is not answered (its story words dilute every score), an entry may still be answered if it
+        fits the question and the whole message together (their scores averaged)."""
+        decision = self._decide(candidates, coverage, lang)
+        if focus is None or not focus[0] or decision.kind not in ("clarify", "fallback") or decision.entry is not None:
+            return decision
+        merged = self._decide(_averaged(candidates, self.reranked(focus[0])), max(coverage, focus[1]), lang)
+        if merged.kind == "faq" or (merged.kind == "clarify" and decision.kind == "fallback"):
+            return merged
+        return decision
+
+    def _decide(self, candidates: list[Candidate], coverage: float, lang: str) -> Decision:
         cfg = self.config
         if not candidates:
             return Decision("fallback", lang, 0.0, candidates=[], coverage=coverage)
@@ -310,3 +347,21 @@ class Matcher:
             options = [c.entry for c in near][: cfg.max_options]
             return Decision("clarify", lang, round(conf, 3), options=options, candidates=candidates, coverage=coverage)
         return Decision("fallback", lang, round(conf, 3), candidates=candidates, coverage=coverage)
+
+
+def _averaged(whole: list[Candidate], focus: list[Candidate]) -> list[Candidate]:
+    """The entries of two rankings with every signal averaged: the question part says what is
+    asked, the whole message whose case it is. An entry missing from one ranking takes that
+    ranking's lowest candidate's signals (it ranked below all of them)."""
+    if not whole:
+        return focus
+    mine, theirs = {c.entry.id: c for c in whole}, {c.entry.id: c for c in focus}
+    floor_w, floor_f = whole[-1], focus[-1]
+    out = []
+    for key in mine.keys() | theirs.keys():
+        a = mine.get(key) or replace(floor_w, entry=theirs[key].entry)
+        b = theirs.get(key) or replace(floor_f, entry=a.entry)
+        out.append(Candidate(a.entry, (a.score + b.score) / 2, (a.evidence + b.evidence) / 2, False,
+                             (a.lead + b.lead) / 2, (a.lexical + b.lexical) / 2, (a.probability + b.probability) / 2))
+    out.sort(key=lambda c: c.score, reverse=True)
+    return out[: len(whole)]

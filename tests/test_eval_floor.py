@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from app.bot import Bot
-from app.evaluation import evaluate, load_cases
+from app.evaluation import evaluate_bot, load_cases
 
 TESTS = Path(__file__).parent
 MAX_WRONG = 0.02
@@ -34,12 +34,7 @@ FLOORS = {"eval": 0.93, "heldout": 0.87}
 def test_project_evaluation_set_meets_the_floors(bot: Bot, name: str) -> None:
     cases = load_cases([TESTS / name])
     assert len(cases) >= MIN_CASES
-    replies = []
-    for case in cases:
-        r = bot.reply(case["text"], case.get("lang"))
-        replies.append({"kind": r.kind, "regime": r.regime, "answer": r.text, "intent_id": r.intent_id,
-                        "confidence": r.confidence, "suggestions": [{"regime": s.regime} for s in r.suggestions]})
-    report = evaluate(cases, replies)
+    report = evaluate_bot(bot, cases)
     print("\n" + report.render(show_misses=True))
     assert report.share("wrong") <= MAX_WRONG, report.summary()
     assert report.share("right") >= FLOORS[name], report.summary()

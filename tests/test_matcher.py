@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from intents.matcher import Matcher
+from intents.normalize import normalize
 from knowledge.schema import Entry, Regime
 
 
@@ -170,3 +171,29 @@ def test_an_overruled_best_entry_is_answered_less_surely(matcher: Matcher) -> No
     unsure = _with(matcher, overruled_factor=0.5).decide_ranked(cands, 1.0, "vi")
     assert sure.candidates[0].entry.id == unsure.candidates[0].entry.id == "ui.amount"
     assert unsure.confidence == pytest.approx(sure.confidence * 0.5, abs=1e-3)
+
+
+STORY = ("Tôi là công nhân may ở khu công nghiệp Bình Dương, làm được năm năm nay. Tháng trước xưởng giải thể, "
+         "tôi mất việc và đã chốt sổ. ")
+
+
+def test_the_question_part_of_a_long_message_is_ranked_too(matcher: Matcher) -> None:
+    assert matcher.rank_focus("trợ cấp thất nghiệp được bao nhiêu tiền", "vi") is None  # one sentence
+    assert matcher.rank_focus("Chào ad. Vậy đúng không?", "vi") is None  # the part would be the whole
+    last, _ = matcher.rank_focus(STORY + "Trợ cấp thất nghiệp mỗi tháng được bao nhiêu tiền?", "vi")
+    assert last[0].entry.id == "ui.amount"
+    # a short last sentence takes the one before it: "mất việc và đã chốt sổ. Vậy có đúng không?"
+    two, _ = matcher.rank_focus(STORY + "Vậy có đúng không?", "vi")
+    alone, _ = matcher.rank(normalize("Vậy có đúng không?"))
+    assert [c.entry.id for c in two] != [c.entry.id for c in alone]
+
+
+def test_a_long_story_does_not_hide_the_question(matcher: Matcher) -> None:
+    text = STORY + "Cho tôi hỏi trợ cấp thất nghiệp mỗi tháng được bao nhiêu tiền ạ?"
+    lang = matcher.language(text)
+    whole = matcher.decide_ranked(*matcher.rank(normalize(text, lang=lang)), lang)
+    assert whole.kind != "faq"  # the story's words, unknown to the index, drown the question
+    d = matcher.decide(text)
+    assert (d.kind, d.entry.id) == ("faq", "ui.amount")
+    # the question alone is answered as surely as the whole message with its story is
+    assert matcher.decide("Trợ cấp thất nghiệp mỗi tháng được bao nhiêu tiền?").entry.id == "ui.amount"

@@ -6,19 +6,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from app.bot import Bot
-from app.evaluation import evaluate, load_cases
+from app.evaluation import evaluate_bot, load_cases
 from app.tuning import Trial, best, grid_search
 
 TESTS = Path(__file__).parent
 
 
 def _report(bot: Bot, cases: list[dict]) -> tuple[float, float]:
-    replies = []
-    for case in cases:
-        r = bot.reply(case["text"], case.get("lang"))
-        replies.append({"kind": r.kind, "regime": r.regime, "answer": r.text,
-                        "suggestions": [{"regime": s.regime} for s in r.suggestions]})
-    report = evaluate(cases, replies)
+    report = evaluate_bot(bot, cases)
     return report.share("right"), report.share("wrong")
 
 
