@@ -70,10 +70,17 @@ ABBREVIATIONS: dict[str, str] = {
     "bhtm": "bảo hiểm thương mại", "nv": "nhân viên", "cdnv": "chế độ nghỉ việc",
 }
 
-# "dk" reads "điều kiện" before these words ("dk huong", "dk rut"), "được" otherwise.
-_TN_VOLUNTARY_PREV = {"bhxh", "xh"}
-_TN_UNEMPLOYMENT_PREV = {"bh", "huong", "tien", "tro", "cap", "tc", "lanh", "nhan"}
-_DK_CONDITION_NEXT = {"huong", "hưởng", "rut", "rút", "nhan", "nhận", "de", "để", "tham", "nghi", "nghỉ", "ve", "về", "la", "là", "gi", "gì", "j"}
+# Abbreviations whose meaning depends on a neighbouring word (its fold): (side, words, expansion),
+# the first rule that holds wins; with none, ABBREVIATIONS' reading if it has one, else as typed.
+CONTEXTUAL: dict[str, list[tuple[str, frozenset[str], str]]] = {
+    # "bhxh tn" as "bhxhtn": tự nguyện; "bh tn", "hưởng tn", "tiền tn": thất nghiệp (as "bhtn",
+    # "tctn"); a bare "tn", "đóng tn" stays ambiguous
+    "tn": [("prev", frozenset({"bhxh", "xh"}), "tự nguyện"),
+           ("prev", frozenset({"bh", "huong", "tien", "tro", "cap", "tc", "lanh", "nhan"}), "thất nghiệp")],
+    # "dk hưởng", "dk rút": điều kiện; otherwise "được" (ABBREVIATIONS)
+    "dk": [("next", frozenset({"huong", "rut", "nhan", "de", "tham", "nghi", "ve", "la", "gi", "j"}), "điều kiện")],
+}
+CONTEXTUAL["đk"] = CONTEXTUAL["dk"]
 
 # Fillers dropped from the keys: recognised on the toned token (so "hội" in "xã hội" is never
 # mistaken for the filler "hỏi"), or on unambiguous ASCII forms.
@@ -173,22 +180,24 @@ class Normalized:
         return " ".join(self.toned)
 
 
+def _in_context(key: str, tokens: list[str], i: int) -> str | None:
+    """The reading of a context-dependent abbreviation at position i (CONTEXTUAL), or None."""
+    for side, words, expansion in CONTEXTUAL.get(key, ()):
+        j = i - 1 if side == "prev" else i + 1
+        if 0 <= j < len(tokens) and fold(tokens[j]) in words:
+            return expansion
+    return None
+
+
 def _expand(tokens: list[str]) -> list[str]:
     out: list[str] = []
     for i, tok in enumerate(tokens):
         key = tok
         if key not in ABBREVIATIONS and len(key) > 1 and key[-1] == key[-2] and key[:-1] in ABBREVIATIONS:
             key = key[:-1]  # "dcc", "okk": a doubled last letter of a known abbreviation
-        if key == "tn" and i:
-            # "bhxh tn" as "bhxhtn": tự nguyện; "bh tn", "hưởng tn", "tiền tn": thất nghiệp (as
-            # "bhtn", "tctn"); elsewhere (a bare "tn", "đóng tn") it stays ambiguous
-            prev = fold(tokens[i - 1])
-            if prev in _TN_VOLUNTARY_PREV or prev in _TN_UNEMPLOYMENT_PREV:
-                out.extend(("tự nguyện" if prev in _TN_VOLUNTARY_PREV else "thất nghiệp").split())
-                continue
-        if key in ("dk", "đk"):
-            nxt = fold(tokens[i + 1]) if i + 1 < len(tokens) else ""
-            out.extend(("điều kiện" if nxt in _DK_CONDITION_NEXT else "được").split())
+        reading = _in_context(key, tokens, i)
+        if reading:
+            out.extend(reading.split())
             continue
         if key in ABBREVIATIONS and (key.isascii() or "đ" in key or key in ("kô", "khôg", "hông", "hổng", "bít", "cũg")):
             out.extend(ABBREVIATIONS[key].split())
