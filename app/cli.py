@@ -17,12 +17,9 @@ def _reply_dict(handled: Any) -> dict[str, Any]:
     if r is None:  # the conversation is with a person: the bot says nothing
         return {"kind": "handover", "intent_id": None, "regime": None, "confidence": 0.0, "answer": "",
                 "suggestions": [], "message_id": None}
-    return {
-        "kind": r.kind, "intent_id": r.intent_id, "regime": r.regime, "confidence": r.confidence,
-        "answer": r.text,
-        "suggestions": [{"intent_id": s.intent_id, "question": s.question, "regime": s.regime} for s in r.suggestions],
-        "message_id": handled.reply_id,
-    }
+    from app.evaluation import reply_record
+
+    return {**reply_record(r), "message_id": handled.reply_id}
 
 
 def _services(settings: Settings):  # type: ignore[no-untyped-def]

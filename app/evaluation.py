@@ -135,10 +135,11 @@ def evaluate(cases: list[dict[str, Any]], replies: list[dict[str, Any]]) -> Repo
 
 
 def reply_record(r: Reply) -> dict[str, Any]:
-    """A reply as the judge reads it (the fields `vssbot ask --jsonl` prints, less the message id)."""
+    """A reply as the judge reads it, and as `vssbot ask --jsonl` prints it (less the message id)."""
     return {
         "kind": r.kind, "intent_id": r.intent_id, "regime": r.regime, "confidence": r.confidence,
-        "answer": r.text, "suggestions": [{"regime": s.regime, "intent_id": s.intent_id} for s in r.suggestions],
+        "answer": r.text,
+        "suggestions": [{"intent_id": s.intent_id, "question": s.question, "regime": s.regime} for s in r.suggestions],
     }
 
 

@@ -552,17 +552,10 @@ class CheckReport:
         return TypeAdapter(cls).validate_python(dict(data))
 
 
-def _reply_dict(bot: Any, case: Mapping[str, Any]) -> dict[str, Any]:
-    """A reply as the evaluation judges it (the shape `vssbot eval` builds)."""
-    r = bot.reply(case["text"], case.get("lang"))
-    return {"kind": r.kind, "intent_id": r.intent_id, "regime": r.regime, "confidence": r.confidence,
-            "answer": r.text, "suggestions": [{"regime": s.regime, "intent_id": s.intent_id} for s in r.suggestions]}
+def eval_figures(bot: Any, cases: list[dict[str, Any]]) -> EvalFigures:
+    from app.evaluation import evaluate_bot
 
-
-def evaluate_bot(bot: Any, cases: list[dict[str, Any]]) -> EvalFigures:
-    from app.evaluation import evaluate
-
-    report = evaluate(cases, [_reply_dict(bot, c) for c in cases])
+    report = evaluate_bot(bot, cases)
     return EvalFigures(len(cases), round(report.share(), 4), round(report.share("wrong"), 4),
                        round(report.share("clarified"), 4))
 
@@ -596,7 +589,7 @@ def _figures(bot: Any, cases: list[dict[str, Any]] | None) -> _Figures:
     from intents.selftest import rate
 
     findings, held = lint(bot.kb, bot.matcher)
-    return _Figures(evaluate_bot(bot, cases) if cases is not None else None, {str(f) for f in findings}, rate(held), len(held))
+    return _Figures(eval_figures(bot, cases) if cases is not None else None, {str(f) for f in findings}, rate(held), len(held))
 
 
 def _finding_key(line: str) -> str:
