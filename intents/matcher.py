@@ -21,7 +21,7 @@ from rapidfuzz import fuzz, process
 
 from intents.index import Index, char_terms, word_terms
 from intents.learned import Learned
-from intents.normalize import ENGLISH_STOPWORDS, Normalized, detect_language, normalize
+from intents.normalize import ABBREVIATIONS, ENGLISH_STOPWORDS, Normalized, detect_language, normalize
 from knowledge.schema import Entry
 
 DecisionKind = str  # "faq" | "clarify" | "fallback" | "smalltalk" | "handover"
@@ -145,7 +145,9 @@ class Matcher:
         # Words only the English phrasings use, and words only the Vietnamese ones use: what
         # tells an unaccented Vietnamese message ("can giay to gi") from an English one.
         vocab["en"] |= ENGLISH_STOPWORDS  # dropped from the English rows, but English all the same
-        self._en_only = frozenset(vocab["en"] - vocab["vi"])
+        # Chat abbreviations never reach the Vietnamese rows (they are expanded), but an English
+        # phrasing may keep one ("is BHYT free for kids"): they tell no language apart.
+        self._en_only = frozenset(vocab["en"] - vocab["vi"] - ABBREVIATIONS.keys())
         self._vi_only = frozenset(vocab["vi"] - vocab["en"])
 
     def rank(self, norm: Normalized, limit: int = 8, exclude: frozenset[int] = frozenset()) -> tuple[list[Candidate], float]:

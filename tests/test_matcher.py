@@ -197,3 +197,13 @@ def test_a_long_story_does_not_hide_the_question(matcher: Matcher) -> None:
     assert (d.kind, d.entry.id) == ("faq", "ui.amount")
     # the question alone is answered as surely as the whole message with its story is
     assert matcher.decide("Trợ cấp thất nghiệp mỗi tháng được bao nhiêu tiền?").entry.id == "ui.amount"
+
+
+def test_an_abbreviation_in_an_english_phrasing_does_not_make_chat_english() -> None:
+    hi = faq("hi.rate", Regime.health_insurance, ["Người lao động đóng BHYT bao nhiêu phần trăm?", "nld dong bhyt bn phan tram"],
+             ["What percent of my salary goes to BHYT?", "health insurance contribution rate"])
+    m = Matcher([*ENTRIES, hi])
+    assert m.language("bhyt bn") == "vi"  # "bhyt" is in an English phrasing only, as typed
+    assert m.language("thanks a lot") == "en"
+    d = m.decide("nld dong bhyt bn %")
+    assert (d.lang, d.kind, d.entry.id) == ("vi", "faq", "hi.rate")
