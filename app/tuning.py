@@ -21,13 +21,12 @@ from intents.normalize import normalize
 DEFAULT_GRID: dict[str, list[float]] = {
     "conf_centre": [0.3, 0.4, 0.5],
     "conf_slope": [8],
-    "conf_margin": [8, 16, 32],
+    "conf_margin": [4, 8, 16],
     "conf_evidence": [8, 16, 32],
     "margin_bias": [1, 2],
     "w_learned": [0.0, 0.5, 1.0],
     "w_rank_learned": [0.1, 0.2, 0.3, 0.5],
-    "overruled_factor": [1.0, 0.75, 0.5],
-    "answer_confidence": [0.2, 0.25, 0.3, 0.4, 0.5],
+    "answer_confidence": [0.3, 0.35, 0.4, 0.45, 0.5],
     "min_coverage": [0.4, 0.5],
 }
 

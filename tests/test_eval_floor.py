@@ -1,6 +1,6 @@
 """Accuracy floors on the project's own labelled evaluation sets.
 
-Two sets of 350 questions each, every regime and writing style:
+Three sets of 322-350 questions each, every regime and writing style:
 - tests/eval: written without seeing the phrasings, then used to develop the knowledge base and
   the matcher (its misses guided the phrasings added on 25 Nov 2026) and to tune the thresholds.
 - tests/heldout: written on 25 Nov 2026 by writers who saw facts.md and the answers but neither the
@@ -8,11 +8,16 @@ Two sets of 350 questions each, every regime and writing style:
   wrong 0.046 with the thresholds of the day) is the honest figure for new questions; since then
   the thresholds are tuned on both sets (`vssbot tune tests/eval tests/heldout`), and one label
   was corrected (hC-006: the general contribution-rates answer gives the 1% asked for).
+- tests/blind (322): written on 25 Nov 2026 (third session) by three more writers under the same
+  rules, never tuned on and never used to pick a phrasing; only its summary figures were read
+  (about eight runs: to compare the session's code and knowledge-base changes, and once to check
+  the retuned thresholds before adopting them). First measurement, with the code and knowledge
+  base of the session's start: right 0.910, wrong 0.012.
 Labels corrected in tests/eval on 25 Nov 2026, where the bot's answer was right but the label
 allowed one regime only: unemployment-021, unemployment-023, conv-054.
 A *wrong* answer is a confident answer that is not right, the worst outcome. The acceptance set
 (../shared/eval/dev.jsonl) is never used for tuning. The floors pin what the matcher reaches today,
-so that a change that makes it worse fails; the goal is right >= 0.93 with wrong <= 0.02 on both.
+so that a change that makes it worse fails; the goal is right >= 0.93 with wrong <= 0.02 on each.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ TESTS = Path(__file__).parent
 MAX_WRONG = 0.02
 MIN_CASES = 300
 # set → floor of the right share
-FLOORS = {"eval": 0.93, "heldout": 0.87}
+FLOORS = {"eval": 0.93, "heldout": 0.89, "blind": 0.92}
 
 
 @pytest.mark.parametrize("name", sorted(FLOORS))

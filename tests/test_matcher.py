@@ -160,19 +160,6 @@ def test_the_classifier_reorders_the_candidates_but_does_not_make_a_match(matche
     assert _with(matcher, w_rank_learned=5.0).decide("giá vàng hôm nay bao nhiêu").kind == "fallback"
 
 
-def test_an_overruled_best_entry_is_answered_less_surely(matcher: Matcher) -> None:
-    from intents.matcher import Candidate
-
-    amount, where = (next(e for e in ENTRIES if e.id == i) for i in ("ui.amount", "ui.where"))
-    # the index prefers "where" a little, the classifier "amount" clearly: "amount" ranks first
-    cands = [Candidate(amount, 0.0, 0.30, lead=0.9, lexical=0.60, probability=0.95),
-             Candidate(where, 0.0, 0.25, lead=-0.9, lexical=0.62, probability=0.05)]
-    sure = _with(matcher, overruled_factor=1.0).decide_ranked(cands, 1.0, "vi")
-    unsure = _with(matcher, overruled_factor=0.5).decide_ranked(cands, 1.0, "vi")
-    assert sure.candidates[0].entry.id == unsure.candidates[0].entry.id == "ui.amount"
-    assert unsure.confidence == pytest.approx(sure.confidence * 0.5, abs=1e-3)
-
-
 STORY = ("Tôi là công nhân may ở khu công nghiệp Bình Dương, làm được năm năm nay. Tháng trước xưởng giải thể, "
          "tôi mất việc và đã chốt sổ. ")
 
@@ -207,3 +194,4 @@ def test_an_abbreviation_in_an_english_phrasing_does_not_make_chat_english() -> 
     assert m.language("thanks a lot") == "en"
     d = m.decide("nld dong bhyt bn %")
     assert (d.lang, d.kind, d.entry.id) == ("vi", "faq", "hi.rate")
+
