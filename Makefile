@@ -28,6 +28,7 @@ test: install  ## run the whole test suite (PostgreSQL too when VSSBOT_TEST_POST
 eval: install  ## the project's own evaluation sets, with the list of misses
 	$(BIN)/vssbot eval tests/eval
 	$(BIN)/vssbot eval tests/heldout
+	$(BIN)/vssbot eval tests/blind
 
 bench: install  ## matcher latency and memory, shipped size and 2,000 entries, against a naive baseline
 	$(BIN)/python benchmarks/matcher.py
