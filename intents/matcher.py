@@ -146,8 +146,9 @@ class Matcher:
         # tells an unaccented Vietnamese message ("can giay to gi") from an English one.
         vocab["en"] |= ENGLISH_STOPWORDS  # dropped from the English rows, but English all the same
         # Chat abbreviations never reach the Vietnamese rows (they are expanded), but an English
-        # phrasing may keep one ("is BHYT free for kids"): they tell no language apart.
-        self._en_only = frozenset(vocab["en"] - vocab["vi"] - ABBREVIATIONS.keys())
+        # phrasing may keep one ("is BHYT free for kids"): they tell no language apart, except
+        # the English function words among them ("a", "b", "to").
+        self._en_only = frozenset(vocab["en"] - vocab["vi"] - (ABBREVIATIONS.keys() - ENGLISH_STOPWORDS))
         self._vi_only = frozenset(vocab["vi"] - vocab["en"])
 
     def rank(self, norm: Normalized, limit: int = 8, exclude: frozenset[int] = frozenset()) -> tuple[list[Candidate], float]:
