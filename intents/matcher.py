@@ -221,16 +221,16 @@ class Matcher:
 
     def rank_focus(self, text: str, lang: str) -> Ranking | None:
         """The ranking of a long message's question part: its last sentence (the last two when the
-        last is short), or None when the message is a single sentence."""
+        last is short), or None when there is no part shorter than the whole."""
         sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
         if len(sentences) < 2:
             return None
-        focus = sentences[-1]
-        if len(normalize(focus, lang=lang).fold) < FOCUS_MIN_WORDS:
+        focus = normalize(sentences[-1], lang=lang)
+        if len(focus.fold) < FOCUS_MIN_WORDS:
             if len(sentences) < 3:
                 return None
-            focus = " ".join(sentences[-2:])
-        return self.rank(normalize(focus, lang=lang))
+            focus = normalize(" ".join(sentences[-2:]), lang=lang)
+        return self.rank(focus)
 
     def reranked(self, candidates: list[Candidate]) -> list[Candidate]:
         """The candidates scored with the classifier's say (at the configured weight), best first."""
@@ -289,6 +289,9 @@ class Matcher:
     def decide(self, text: str, lang: str | None = None) -> Decision:
         detected = self.language(text)
         candidates, coverage = self.rank(normalize(text, lang=detected))
+        decision = self.decide_ranked(candidates, coverage, lang or detected)
+        if not _may_focus(decision):
+            return decision
         return self.decide_ranked(candidates, coverage, lang or detected, self.rank_focus(text, detected))
 
     def decide_ranked(self, candidates: list[Candidate], coverage: float, lang: str,
@@ -298,7 +301,7 @@ class Matcher:
         is not answered (its story words dilute every score), an entry may still be answered if it
         fits the question and the whole message together (their scores averaged)."""
         decision = self._decide(candidates, coverage, lang)
-        if focus is None or not focus[0] or decision.kind not in ("clarify", "fallback") or decision.entry is not None:
+        if focus is None or not focus[0] or not _may_focus(decision):
             return decision
         merged = self._decide(_averaged(candidates, self.reranked(focus[0])), max(coverage, focus[1]), lang)
         if merged.kind == "faq" or (merged.kind == "clarify" and decision.kind == "fallback"):
@@ -346,6 +349,12 @@ class Matcher:
             options = [c.entry for c in near][: cfg.max_options]
             return Decision("clarify", lang, round(conf, 3), options=options, candidates=candidates, coverage=coverage)
         return Decision("fallback", lang, round(conf, 3), candidates=candidates, coverage=coverage)
+
+
+def _may_focus(decision: Decision) -> bool:
+    """Whether the question part may still be answered: the whole message was neither answered
+    nor recognised as a conversational or out-of-scope message."""
+    return decision.kind in ("clarify", "fallback") and decision.entry is None
 
 
 def _averaged(whole: list[Candidate], focus: list[Candidate]) -> list[Candidate]:
