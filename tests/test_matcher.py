@@ -182,7 +182,7 @@ def test_a_long_story_does_not_hide_the_question(matcher: Matcher) -> None:
     assert whole.kind != "faq"  # the story's words, unknown to the index, drown the question
     d = matcher.decide(text)
     assert (d.kind, d.entry.id) == ("faq", "ui.amount")
-    # the question alone is answered as surely as the whole message with its story is
+    # the same entry the question alone gets
     assert matcher.decide("Trợ cấp thất nghiệp mỗi tháng được bao nhiêu tiền?").entry.id == "ui.amount"
 
 
