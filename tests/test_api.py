@@ -63,7 +63,7 @@ def test_clarify_offers_suggestions_with_regimes(live_server) -> None:  # type: 
 
 @pytest.mark.parametrize(
     ("text", "kinds"),
-    [("chào ad", {"smalltalk"}), ("cho mình gặp nhân viên tư vấn", {"handover"}),
+    [("chào ad", {"smalltalk"}), ("anh", {"smalltalk"}), ("cho mình gặp nhân viên tư vấn", {"handover"}),
      ("giá vàng hôm nay", {"fallback"}), ("😀😀😀", {"fallback"}), ("\x00\x01\x02 \ufffd\ufffd", {"fallback"}),
      ("bảo hiểm 保险 보험 insurance", {"fallback", "clarify"}), ("a" * 3999, {"fallback", "clarify"})],
 )
