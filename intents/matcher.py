@@ -151,7 +151,7 @@ class Matcher:
         self._en_only = frozenset(vocab["en"] - vocab["vi"] - (ABBREVIATIONS.keys() - ENGLISH_STOPWORDS))
         self._vi_only = frozenset(vocab["vi"] - vocab["en"])
 
-    def rank(self, norm: Normalized, limit: int = 8, exclude: frozenset[int] = frozenset()) -> tuple[list[Candidate], float]:
+    def rank(self, norm: Normalized, limit: int = 8, exclude: frozenset[int] = frozenset()) -> Ranking:
         """The best entries for a normalised message, with fused scores, and the coverage.
         `exclude` hides index rows (the leave-one-out self-test holds a phrasing out)."""
         cfg = self.config
@@ -288,20 +288,29 @@ class Matcher:
 
     def decide(self, text: str, lang: str | None = None) -> Decision:
         detected = self.language(text)
-        candidates, coverage = self.rank(normalize(text, lang=detected))
-        decision = self.decide_ranked(candidates, coverage, lang or detected)
+        candidates, coverage = self.rank(normalize(text, lang=detected))  # ranked at the configured weight
+        decision = self._decide(candidates, coverage, lang or detected)
         if not _may_focus(decision):
-            return decision
-        return self.decide_ranked(candidates, coverage, lang or detected, self.rank_focus(text, detected))
+            return decision  # the question part is ranked only when it may help
+        return self._refocused(decision, candidates, coverage, lang or detected, self.rank_focus(text, detected))
 
     def decide_ranked(self, candidates: list[Candidate], coverage: float, lang: str,
                       focus: Ranking | None = None) -> Decision:
-        """The decision from ranked candidates (separate from ranking, so thresholds can be tuned).
-        `focus` is the ranking of the message's question part (rank_focus): when the whole message
-        is not answered (its story words dilute every score), an entry may still be answered if it
-        fits the question and the whole message together (their scores averaged)."""
+        """The decision from ranked candidates (separate from ranking, so thresholds can be tuned:
+        the candidates are re-ranked if the weight changed). `focus` is the ranking of the
+        message's question part (rank_focus)."""
+        candidates = self.reranked(candidates)
         decision = self._decide(candidates, coverage, lang)
-        if focus is None or not focus[0] or not _may_focus(decision):
+        if not _may_focus(decision):
+            return decision
+        return self._refocused(decision, candidates, coverage, lang, focus)
+
+    def _refocused(self, decision: Decision, candidates: list[Candidate], coverage: float, lang: str,
+                   focus: Ranking | None) -> Decision:
+        """When the whole message is not answered (its story words dilute every score), an entry
+        may still be answered if it fits the question part and the whole message together (their
+        signals averaged)."""
+        if focus is None or not focus[0]:
             return decision
         merged = self._decide(_averaged(candidates, self.reranked(focus[0])), max(coverage, focus[1]), lang)
         if merged.kind == "faq" or (merged.kind == "clarify" and decision.kind == "fallback"):
@@ -312,7 +321,6 @@ class Matcher:
         cfg = self.config
         if not candidates:
             return Decision("fallback", lang, 0.0, candidates=[], coverage=coverage)
-        candidates = self.reranked(candidates)  # a no-op unless the weight changed (tuning)
         best = candidates[0]
         faqs = [c for c in candidates if c.entry.kind == "faq"]
         conv = [c for c in candidates if c.entry.kind != "faq"]
